@@ -1,0 +1,235 @@
+//! The two client encodings, `switchboard.v1.json` (text frames) and
+//! `switchboard.v1.msgpack` (binary frames holding the same objects as maps).
+//!
+//! Decoding goes through one flat shape with every field optional, so that a
+//! malformed frame gets an error that names what is wrong and, when it can
+//! be read, the `id` of the frame it refers to.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::frame::{Body, ClientFrame, ErrorCode, ServerFrame};
+use crate::ids::{ClientMsgId, MsgId, UserId};
+
+/// At most this many users in one presence query.
+pub const MAX_PRESENCE_QUERY: usize = 100;
+
+/// The encoding a connection negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Json,
+    MsgPack,
+}
+
+/// An encoded server frame, ready for a WebSocket text or binary frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encoded {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// Why a client frame was refused; becomes an `error` frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    /// The `id` of the refused frame, when it had a readable one.
+    pub id: Option<ClientMsgId>,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn bad_frame(id: Option<ClientMsgId>, message: impl Into<String>) -> Self {
+        Self { code: ErrorCode::BadFrame, id, message: message.into() }
+    }
+}
+
+impl Codec {
+    pub const JSON_PROTOCOL: &'static str = "switchboard.v1.json";
+    pub const MSGPACK_PROTOCOL: &'static str = "switchboard.v1.msgpack";
+
+    /// The codec for a `Sec-WebSocket-Protocol` name.
+    pub fn from_protocol(name: &str) -> Option<Self> {
+        match name {
+            Self::JSON_PROTOCOL => Some(Self::Json),
+            Self::MSGPACK_PROTOCOL => Some(Self::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Self::Json => Self::JSON_PROTOCOL,
+            Self::MsgPack => Self::MSGPACK_PROTOCOL,
+        }
+    }
+
+    pub fn decode(self, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+        match self {
+            Self::Json => {
+                let wire: WireFrame<'_, Box<RawValue>> = serde_json::from_slice(bytes)
+                    .map_err(|e| DecodeError::bad_frame(None, format!("invalid JSON frame: {e}")))?;
+                wire.validate(Body::from_raw)
+            }
+            Self::MsgPack => {
+                let wire: WireFrame<'_, serde_json::Value> = rmp_serde::from_slice(bytes)
+                    .map_err(|e| DecodeError::bad_frame(None, format!("invalid MessagePack frame: {e}")))?;
+                wire.validate(|v| Body::from_value(&v))
+            }
+        }
+    }
+
+    pub fn encode(self, frame: &ServerFrame) -> Encoded {
+        // Server frames hold only strings, numbers, maps and valid JSON
+        // bodies, which both serializers always accept.
+        match self {
+            Self::Json => Encoded::Text(serde_json::to_string(frame).unwrap_or_default()),
+            Self::MsgPack => Encoded::Binary(rmp_serde::to_vec_named(frame).unwrap_or_default()),
+        }
+    }
+
+    /// Decodes a server frame; for clients and tests.
+    pub fn decode_server(self, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
+        match self {
+            Self::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::bad_frame(None, e.to_string())),
+            Self::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| DecodeError::bad_frame(None, e.to_string())),
+        }
+    }
+
+    /// Encodes a client frame; for clients and tests.
+    pub fn encode_client(self, frame: &ClientFrame) -> Encoded {
+        let value = match frame {
+            ClientFrame::Send { id, to, body } => serde_json::json!({
+                "type": "send", "id": id, "to": to, "body": body.to_value()
+            }),
+            ClientFrame::Ack { msg } => serde_json::json!({"type": "ack", "msg": msg}),
+            ClientFrame::Ping => serde_json::json!({"type": "ping"}),
+            ClientFrame::Presence { users } => serde_json::json!({"type": "presence", "users": users}),
+        };
+        match self {
+            Self::Json => Encoded::Text(value.to_string()),
+            Self::MsgPack => Encoded::Binary(rmp_serde::to_vec_named(&value).unwrap_or_default()),
+        }
+    }
+}
+
+/// Every field any client frame has, all optional; unknown fields ignored.
+#[derive(Deserialize)]
+struct WireFrame<'a, B> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    to: Option<Cow<'a, str>>,
+    body: Option<B>,
+    #[serde(borrow)]
+    msg: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    users: Option<Vec<Cow<'a, str>>>,
+}
+
+impl<B> WireFrame<'_, B> {
+    fn validate(self, body: impl FnOnce(B) -> Body) -> Result<ClientFrame, DecodeError> {
+        let Some(kind) = self.kind else {
+            return Err(DecodeError::bad_frame(None, "missing field `type`"));
+        };
+        match kind.as_ref() {
+            "send" => {
+                let id = self.id.ok_or_else(|| DecodeError::bad_frame(None, "missing field `id`"))?;
+                let id = ClientMsgId::parse(&id)
+                    .map_err(|e| DecodeError::bad_frame(None, format!("field `id` {e}")))?;
+                let to = self
+                    .to
+                    .ok_or_else(|| DecodeError::bad_frame(Some(id.clone()), "missing field `to`"))?;
+                let to = UserId::parse(&to).map_err(|e| DecodeError {
+                    code: ErrorCode::InvalidRecipient,
+                    id: Some(id.clone()),
+                    message: format!("recipient {e}"),
+                })?;
+                let body = self.body.map_or_else(Body::null, body);
+                Ok(ClientFrame::Send { id, to, body })
+            }
+            "ack" => {
+                let msg = self.msg.ok_or_else(|| DecodeError::bad_frame(None, "missing field `msg`"))?;
+                let msg = MsgId::parse(&msg)
+                    .map_err(|e| DecodeError::bad_frame(None, format!("field `msg` is {e}")))?;
+                Ok(ClientFrame::Ack { msg })
+            }
+            "ping" => Ok(ClientFrame::Ping),
+            "presence" => {
+                let users = self.users.ok_or_else(|| DecodeError::bad_frame(None, "missing field `users`"))?;
+                if users.len() > MAX_PRESENCE_QUERY {
+                    return Err(DecodeError {
+                        code: ErrorCode::TooLarge,
+                        id: None,
+                        message: format!("at most {MAX_PRESENCE_QUERY} users per presence query"),
+                    });
+                }
+                let users = users
+                    .iter()
+                    .map(|u| UserId::parse(u))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| DecodeError::bad_frame(None, format!("field `users`: user id {e}")))?;
+                Ok(ClientFrame::Presence { users })
+            }
+            other => Err(DecodeError::bad_frame(None, format!("unknown frame type `{other}`"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(text: &str) -> Result<ClientFrame, DecodeError> {
+        Codec::Json.decode(text.as_bytes())
+    }
+
+    #[test]
+    fn decodes_send_and_keeps_body_text() {
+        let frame = json(r#"{"type":"send","id":"c-1","to":"bob","body":{"text":"hi","n":[1,2]},"extra":1}"#);
+        let Ok(ClientFrame::Send { id, to, body }) = frame else { panic!("{frame:?}") };
+        assert_eq!(id.as_str(), "c-1");
+        assert_eq!(to.as_str(), "bob");
+        assert_eq!(body.json(), r#"{"text":"hi","n":[1,2]}"#);
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_the_frame() {
+        let err = json(r#"{"type":"send","id":"c-2","to":"bad user","body":1}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRecipient);
+        assert_eq!(err.id.as_ref().map(ClientMsgId::as_str), Some("c-2"));
+
+        let err = json(r#"{"type":"send","id":"c-3","body":1}"#).unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (ErrorCode::BadFrame, "missing field `to`"));
+
+        let err = json(r#"{"type":"teleport"}"#).unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (ErrorCode::BadFrame, "unknown frame type `teleport`"));
+
+        let err = json(r#"{"type":"send","id":"","to":"bob"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadFrame);
+
+        let err = json("{not json").unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::BadFrame, None));
+    }
+
+    #[test]
+    fn presence_query_is_bounded() {
+        let users: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+        let text = serde_json::json!({"type":"presence","users":users}).to_string();
+        assert_eq!(json(&text).unwrap_err().code, ErrorCode::TooLarge);
+        let text = serde_json::json!({"type":"presence","users":&users[..100]}).to_string();
+        assert!(matches!(json(&text), Ok(ClientFrame::Presence { users }) if users.len() == 100));
+    }
+
+    #[test]
+    fn msgpack_frames_are_maps_with_the_same_names() {
+        let frame = ServerFrame::Pong;
+        let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!() };
+        let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(value, serde_json::json!({"type":"pong"}));
+    }
+}

@@ -1,0 +1,57 @@
+//! Envelopes between nodes: what one node publishes to another node's
+//! channel. Always MessagePack.
+//!
+//! Every envelope a node publishes carries the next number of that node's
+//! sequence, so a receiver can tell when envelopes went missing on the way
+//! (Redis pub/sub drops messages on reconnect or under memory pressure).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::frame::{Delivery, Receipt};
+use crate::ids::{ClientMsgId, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope does not encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("envelope does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
+/// A batch of items from one node to another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The publishing node.
+    pub node: String,
+    /// The publishing node's life: its sequence restarts when this changes.
+    pub incarnation: Uuid,
+    /// Position in the publisher's sequence, counted over all destinations.
+    pub seq: u64,
+    pub items: Vec<Routed>,
+}
+
+/// One thing a node asks another to hand to its local connections.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Routed {
+    /// A message for every local connection of `delivery.to`.
+    Deliver {
+        delivery: Delivery,
+        /// The sender's idempotency key, for the receipt; none for API sends.
+        reply_to: Option<ClientMsgId>,
+    },
+    /// A receipt for every local connection of `to`.
+    Receipt { to: UserId, receipt: Receipt },
+    /// The node's own liveness probe of its channel.
+    Probe,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        Ok(rmp_serde::to_vec(self)?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+}

@@ -1,0 +1,19 @@
+//! The words Switchboard speaks: frames between clients and a node, envelopes
+//! between nodes, and the codecs for both.
+//!
+//! This crate is pure: no I/O, no runtime. It is the only place that derives
+//! `Serialize`/`Deserialize` for anything that crosses a process boundary, so
+//! the wire format can be read (and fuzzed) in one place.
+
+mod codec;
+mod envelope;
+mod frame;
+mod ids;
+
+pub use codec::{Codec, DecodeError, Encoded, MAX_PRESENCE_QUERY};
+pub use envelope::{Envelope, EnvelopeError, Routed};
+pub use frame::{
+    AcceptStatus, Body, ClientFrame, Delivery, ErrorCode, Receipt, ReceiptStatus, ServerFrame,
+    Welcome,
+};
+pub use ids::{ClientMsgId, IdError, MsgId, UserId};

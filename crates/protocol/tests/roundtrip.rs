@@ -1,0 +1,173 @@
+//! Every frame survives both codecs unchanged, and no input makes a
+//! decoder panic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use switchboard_protocol::{
+    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, ErrorCode, MsgId, Receipt,
+    ReceiptStatus, Routed, ServerFrame, UserId,
+};
+
+fn user() -> impl Strategy<Value = UserId> {
+    "[A-Za-z0-9_.:@-]{1,128}".prop_map(|s| UserId::parse(&s).unwrap())
+}
+
+fn client_id() -> impl Strategy<Value = ClientMsgId> {
+    "\\PC{1,16}".prop_filter_map("1-64 bytes", |s| ClientMsgId::parse(&s).ok())
+}
+
+fn msg_id() -> impl Strategy<Value = MsgId> {
+    any::<u128>().prop_map(|n| MsgId::from(uuid::Uuid::from_u128(n)))
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        "\\PC{0,20}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn body() -> impl Strategy<Value = Body> {
+    json_value().prop_map(|v| Body::from_value(&v))
+}
+
+fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    prop_oneof![
+        (client_id(), user(), body()).prop_map(|(id, to, body)| ClientFrame::Send { id, to, body }),
+        msg_id().prop_map(|msg| ClientFrame::Ack { msg }),
+        Just(ClientFrame::Ping),
+        prop::collection::vec(user(), 0..100).prop_map(|users| ClientFrame::Presence { users }),
+    ]
+}
+
+fn delivery() -> impl Strategy<Value = Delivery> {
+    (msg_id(), user(), user(), body(), any::<u64>()).prop_map(|(msg, from, to, body, ts)| Delivery {
+        msg,
+        from,
+        to,
+        body,
+        ts,
+    })
+}
+
+fn receipt() -> impl Strategy<Value = Receipt> {
+    (client_id(), msg_id()).prop_map(|(id, msg)| Receipt { id, msg, status: ReceiptStatus::Delivered })
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::BadFrame),
+        Just(ErrorCode::TooLarge),
+        Just(ErrorCode::RateLimited),
+        Just(ErrorCode::InvalidRecipient),
+        Just(ErrorCode::Internal),
+    ]
+}
+
+fn server_frame() -> impl Strategy<Value = ServerFrame> {
+    prop_oneof![
+        (client_id(), msg_id(), any::<bool>()).prop_map(|(id, msg, routed)| ServerFrame::Accepted {
+            id,
+            msg,
+            status: if routed { AcceptStatus::Routed } else { AcceptStatus::Stored },
+        }),
+        delivery().prop_map(|d| ServerFrame::Message(Arc::new(d))),
+        receipt().prop_map(|r| ServerFrame::Receipt(Arc::new(r))),
+        prop::collection::btree_map(user(), any::<bool>(), 0..10).prop_map(|online| ServerFrame::Presence {
+            online: online.into_iter().collect::<BTreeMap<_, _>>()
+        }),
+        Just(ServerFrame::Pong),
+        (prop::option::of(client_id()), error_code(), "\\PC{0,40}")
+            .prop_map(|(id, code, message)| ServerFrame::Error { id, code, message }),
+    ]
+}
+
+fn routed() -> impl Strategy<Value = Routed> {
+    prop_oneof![
+        (delivery(), prop::option::of(client_id())).prop_map(|(delivery, reply_to)| Routed::Deliver { delivery, reply_to }),
+        (user(), receipt()).prop_map(|(to, receipt)| Routed::Receipt { to, receipt }),
+        Just(Routed::Probe),
+    ]
+}
+
+fn bytes_of(encoded: Encoded) -> Vec<u8> {
+    match encoded {
+        Encoded::Text(text) => text.into_bytes(),
+        Encoded::Binary(bytes) => bytes,
+    }
+}
+
+proptest! {
+    #[test]
+    fn client_frames_round_trip(frame in client_frame()) {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let bytes = bytes_of(codec.encode_client(&frame));
+            prop_assert_eq!(codec.decode(&bytes), Ok(frame.clone()));
+        }
+    }
+
+    #[test]
+    fn server_frames_round_trip(frame in server_frame()) {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let bytes = bytes_of(codec.encode(&frame));
+            prop_assert_eq!(codec.decode_server(&bytes), Ok(frame.clone()));
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip(node in "[a-z0-9-]{1,20}", seq in any::<u64>(), items in prop::collection::vec(routed(), 0..5)) {
+        let envelope = Envelope { node, incarnation: uuid::Uuid::now_v7(), seq, items };
+        let bytes = envelope.encode().unwrap();
+        prop_assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Codec::Json.decode(&bytes);
+        let _ = Codec::MsgPack.decode(&bytes);
+        let _ = Envelope::decode(&bytes);
+    }
+
+    #[test]
+    fn mutated_frames_never_panic(frame in client_frame(), flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let mut bytes = bytes_of(codec.encode_client(&frame));
+            for (at, byte) in &flips {
+                if !bytes.is_empty() {
+                    let len = bytes.len();
+                    bytes[at % len] = *byte;
+                }
+            }
+            let _ = codec.decode(&bytes);
+        }
+    }
+}
+
+#[test]
+fn cross_codec_bodies_agree() {
+    // A JSON sender's body reaches a MessagePack recipient as the same value.
+    let body = Body::from_json(r#"{"text":"hi","n":[1,-2,3.5],"ok":true,"none":null}"#).unwrap();
+    let frame = ServerFrame::Message(Arc::new(Delivery {
+        msg: MsgId::new(),
+        from: UserId::parse("alice").unwrap(),
+        to: UserId::parse("bob").unwrap(),
+        body,
+        ts: 1,
+    }));
+    let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!("msgpack is binary") };
+    let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(value["body"], serde_json::json!({"text":"hi","n":[1,-2,3.5],"ok":true,"none":null}));
+    assert_eq!(value["type"], "message");
+}
