@@ -1,1 +1,16 @@
-//! placeholder
+//! The Switchboard gateway node: the public HTTP/WebSocket port, client
+//! authentication, one task per connection, and the local connection table
+//! the backend delivers into. The `switchboard` binary is a thin shell over
+//! [`serve`].
+
+mod auth;
+mod config;
+mod connection;
+mod http;
+mod hub;
+mod limits;
+mod node;
+
+pub use auth::{AuthError, issue_token};
+pub use config::{Cli, Command, Config, ConfigError, ServeArgs, TokenArgs};
+pub use node::{ServeError, serve};

@@ -39,6 +39,8 @@ pub enum Routed {
         delivery: Delivery,
         /// The sender's idempotency key, for the receipt; none for API sends.
         reply_to: Option<ClientMsgId>,
+        /// When the sender's node received it (Unix microseconds).
+        received_us: u64,
     },
     /// A receipt for every local connection of `to`.
     Receipt { to: UserId, receipt: Receipt },

@@ -1,0 +1,162 @@
+//! Who is connecting: a JWT (`Authorization: Bearer` or `?token=`) whose
+//! `sub` is the user id, or `?user=` when insecure development auth is on.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use switchboard_protocol::{IdError, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: send `Authorization: Bearer <jwt>` or `?token=<jwt>`")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("invalid user id in token: {0}")]
+    BadSubject(IdError),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// Checks client credentials; built once per node.
+pub struct Authenticator {
+    key: Option<DecodingKey>,
+    validation: Validation,
+    dev_insecure: bool,
+}
+
+impl Authenticator {
+    pub fn new(jwt_secret: Option<&str>, dev_insecure: bool) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            key: jwt_secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            validation,
+            dev_insecure,
+        }
+    }
+
+    /// The user a WebSocket upgrade request speaks for.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<UserId, AuthError> {
+        let query_value = |name: &str| {
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v)
+        };
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+        if let Some(token) = bearer.or_else(|| query_value("token").map(|t| t.into_owned())) {
+            let key = self.key.as_ref().ok_or(AuthError::Missing)?;
+            let claims = jsonwebtoken::decode::<Claims>(&token, key, &self.validation)?.claims;
+            return UserId::parse(&claims.sub).map_err(AuthError::BadSubject);
+        }
+        match query_value("user") {
+            Some(user) if self.dev_insecure => UserId::parse(&user).map_err(AuthError::BadSubject),
+            _ => Err(AuthError::Missing),
+        }
+    }
+}
+
+/// Signs a client token for `user`, valid for `ttl`.
+pub fn issue_token(
+    secret: &str,
+    user: &UserId,
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        sub: user.as_str().to_owned(),
+        exp: now + ttl.as_secs(),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn header_and_query_tokens() {
+        let auth = Authenticator::new(Some("secret"), false);
+        let token = issue_token(
+            "secret",
+            &UserId::parse("alice").unwrap(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(
+            auth.authenticate(&bearer(&token), None).unwrap().as_str(),
+            "alice"
+        );
+        let query = format!("token={token}");
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new(), Some(&query))
+                .unwrap()
+                .as_str(),
+            "alice"
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_must() {
+        let auth = Authenticator::new(Some("secret"), false);
+        let alice = UserId::parse("alice").unwrap();
+        let forged = issue_token("other", &alice, Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            auth.authenticate(&bearer(&forged), None),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(&HeaderMap::new(), Some("user=alice")),
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            auth.authenticate(&HeaderMap::new(), None),
+            Err(AuthError::Missing)
+        ));
+    }
+
+    #[test]
+    fn dev_auth_still_checks_the_user_id() {
+        let auth = Authenticator::new(None, true);
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new(), Some("user=a%40b"))
+                .unwrap()
+                .as_str(),
+            "a@b"
+        );
+        assert!(matches!(
+            auth.authenticate(&HeaderMap::new(), Some("user=a%20b")),
+            Err(AuthError::BadSubject(_))
+        ));
+    }
+}

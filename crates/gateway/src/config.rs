@@ -1,0 +1,321 @@
+//! Command line and environment: every setting is a flag with a
+//! `SWITCHBOARD_*` variable, parsed and validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchboard_presence::Mode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "WebSocket gateway for per-user messaging"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one gateway node (the default).
+    Serve(Box<ServeArgs>),
+    /// Print a client JWT signed with the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    Durable,
+    Fast,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Public address: WebSocket at /ws, server API, /healthz, /readyz.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Internal address: Prometheus /metrics and /healthz.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_METRICS_LISTEN",
+        default_value = "0.0.0.0:9091"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Redis URL; unset runs a single node with an in-process backend.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// This node's id in Redis keys and channels [default: host name + random suffix].
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// A node whose liveness key is older than this is dead.
+    #[arg(long, env = "SWITCHBOARD_NODE_TTL", default_value = "10s", value_parser = duration)]
+    pub node_ttl: Duration,
+    /// HS256 secret for client tokens.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Bearer key for /v1/*; unset: the server API answers 403.
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Accept ?user=ID without a token. For development only.
+    #[arg(long, env = "SWITCHBOARD_DEV_INSECURE_AUTH")]
+    pub dev_insecure_auth: bool,
+    /// durable: in the inbox before `accepted`; fast: stored only when undeliverable.
+    #[arg(long, env = "SWITCHBOARD_DELIVERY", value_enum, default_value_t = Delivery::Durable)]
+    pub delivery: Delivery,
+    /// Heartbeat sent to clients; 2.5 heartbeats of silence close a connection.
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT", default_value = "25s", value_parser = duration)]
+    pub heartbeat: Duration,
+    /// Largest client frame; larger ones close the connection with 1009.
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+    /// Bytes queued for one connection before it is closed as a slow consumer (1013).
+    #[arg(long, env = "SWITCHBOARD_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub send_queue_bytes: usize,
+    /// Frames per second per connection.
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Frames a connection may send at once above the rate.
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+    /// Messages kept per user inbox.
+    #[arg(long, env = "SWITCHBOARD_INBOX_MAX_LEN", default_value_t = 1000)]
+    pub inbox_max_len: usize,
+    /// How long a kept message waits.
+    #[arg(long, env = "SWITCHBOARD_INBOX_TTL", default_value = "7d", value_parser = duration)]
+    pub inbox_ttl: Duration,
+    /// Drain time on SIGTERM.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+    /// Most client connections this node holds; more get HTTP 503.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub user: String,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub ttl: Duration,
+    /// HS256 secret, the same as the nodes'.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// A setting that parsed but makes no sense.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting --{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+/// A node's settings, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub redis_url: Option<String>,
+    pub node_id: String,
+    pub node_ttl: Duration,
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub dev_insecure_auth: bool,
+    pub mode: Mode,
+    pub heartbeat: Duration,
+    pub max_frame_bytes: usize,
+    pub send_queue_bytes: usize,
+    pub rate_limit: u32,
+    pub rate_limit_burst: u32,
+    pub inbox_max_len: usize,
+    pub inbox_ttl: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+}
+
+impl ServeArgs {
+    /// Parses `serve` flags alone, as the binary would after `serve`.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Serve::try_parse_from(args).map(|s| s.args)
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let bad = |setting, problem: &str| {
+            Err(ConfigError {
+                setting,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.jwt_secret.is_none() && !self.dev_insecure_auth {
+            return bad(
+                "jwt-secret",
+                "set a secret (or --dev-insecure-auth for development): no client could log in",
+            );
+        }
+        if self.jwt_secret.as_deref() == Some("") {
+            return bad("jwt-secret", "must not be empty");
+        }
+        if self.api_key.as_deref() == Some("") {
+            return bad("api-key", "must not be empty");
+        }
+        if self.heartbeat < Duration::from_millis(100) {
+            return bad("heartbeat", "must be at least 100ms");
+        }
+        if self.node_ttl < Duration::from_secs(1) {
+            return bad("node-ttl", "must be at least 1s");
+        }
+        if self.max_frame_bytes < 256 {
+            return bad("max-frame-bytes", "must be at least 256");
+        }
+        if self.send_queue_bytes < self.max_frame_bytes {
+            return bad("send-queue-bytes", "must be at least max-frame-bytes");
+        }
+        if self.rate_limit == 0 {
+            return bad("rate-limit", "must be at least 1");
+        }
+        if self.rate_limit_burst < self.rate_limit {
+            return bad("rate-limit-burst", "must be at least rate-limit");
+        }
+        if self.inbox_max_len == 0 {
+            return bad("inbox-max-len", "must be at least 1");
+        }
+        if self.inbox_ttl < Duration::from_secs(1) {
+            return bad("inbox-ttl", "must be at least 1s");
+        }
+        if self.max_connections == 0 {
+            return bad("max-connections", "must be at least 1");
+        }
+        let node_id = match self.node_id {
+            Some(id)
+                if id.is_empty()
+                    || id.len() > 64
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}') =>
+            {
+                return bad("node-id", "1 to 64 printable ASCII characters, no braces");
+            }
+            Some(id) => id,
+            None => default_node_id(),
+        };
+        Ok(Config {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            redis_url: self.redis_url,
+            node_id,
+            node_ttl: self.node_ttl,
+            jwt_secret: self.jwt_secret,
+            api_key: self.api_key,
+            dev_insecure_auth: self.dev_insecure_auth,
+            mode: match self.delivery {
+                Delivery::Durable => Mode::Durable,
+                Delivery::Fast => Mode::Fast,
+            },
+            heartbeat: self.heartbeat,
+            max_frame_bytes: self.max_frame_bytes,
+            send_queue_bytes: self.send_queue_bytes,
+            rate_limit: self.rate_limit,
+            rate_limit_burst: self.rate_limit_burst,
+            inbox_max_len: self.inbox_max_len,
+            inbox_ttl: self.inbox_ttl,
+            shutdown_grace: self.shutdown_grace,
+            max_connections: self.max_connections,
+        })
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        ServeArgs::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = parse(&["--jwt-secret", "s"]).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9091");
+        assert_eq!(config.node_ttl, Duration::from_secs(10));
+        assert_eq!(config.mode, Mode::Durable);
+        assert_eq!(config.heartbeat, Duration::from_secs(25));
+        assert_eq!(
+            (config.max_frame_bytes, config.send_queue_bytes),
+            (65536, 1 << 20)
+        );
+        assert_eq!((config.rate_limit, config.rate_limit_burst), (100, 200));
+        assert_eq!(
+            (config.inbox_max_len, config.inbox_ttl),
+            (1000, Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert!(!config.dev_insecure_auth);
+        assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        assert!(
+            parse(&["--jwt-secret", "s", "--heartbeat", "soon"])
+                .unwrap_err()
+                .contains("--heartbeat")
+        );
+        assert!(
+            parse(&["--jwt-secret", "s", "--delivery", "maybe"])
+                .unwrap_err()
+                .contains("--delivery")
+        );
+        assert!(
+            parse(&["--jwt-secret", "s", "--rate-limit", "0"])
+                .unwrap_err()
+                .contains("--rate-limit")
+        );
+        assert!(parse(&[]).unwrap_err().contains("--jwt-secret"));
+        assert!(
+            parse(&["--dev-insecure-auth", "--node-id", "a{b}"])
+                .unwrap_err()
+                .contains("--node-id")
+        );
+    }
+}

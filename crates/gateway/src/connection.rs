@@ -1,0 +1,439 @@
+//! One client connection, its whole life in one place: register, welcome,
+//! inbox replay, then one loop over the socket, the outbox, heartbeats and
+//! drain, then a close frame that says why, then cleanup.
+//!
+//! The handler is written over any `Stream + Sink` of WebSocket messages,
+//! so it runs the same over a socket or an in-memory pair.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use switchboard_presence::{Ack, Letter, Outgoing, Push, unix_micros};
+use switchboard_protocol::{
+    AcceptStatus, ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId,
+    ServerFrame, UserId, Welcome,
+};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::hub::{self, Inbox};
+use crate::limits::{RateLimit, Verdict};
+use crate::node::Node;
+
+/// Frames written before one flush.
+const WRITE_BATCH: usize = 64;
+/// Delivered messages remembered for receipts until acked.
+const UNACKED_CAP: usize = 4096;
+
+/// Who is on the other end, settled by the upgrade.
+pub struct Session {
+    pub user: UserId,
+    pub conn: Uuid,
+    pub codec: Codec,
+}
+
+/// Why a connection ended; decides the close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed or the socket failed: nothing left to say.
+    Gone,
+    Idle,
+    TooLarge,
+    Abuse,
+    SlowConsumer,
+    Draining,
+    Internal,
+}
+
+impl End {
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Self::Gone => return None,
+            Self::Idle => (CloseCode::Normal, "idle timeout"),
+            Self::TooLarge => (CloseCode::Size, "frame too large"),
+            Self::Abuse => (CloseCode::Policy, "rate limit exceeded"),
+            Self::SlowConsumer => (CloseCode::Again, "slow consumer"),
+            Self::Draining => (CloseCode::Restart, "node restarting"),
+            Self::Internal => (CloseCode::Error, "internal error"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+/// Serves one upgraded connection until it ends.
+pub async fn run<S>(node: Arc<Node>, session: Session, ws: S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let span = tracing::info_span!("conn", conn = %session.conn, user = %session.user);
+    async move {
+        let (outbox, inbox) = hub::outbox(session.conn, node.config.send_queue_bytes);
+        node.hub.insert(&session.user, outbox);
+        node.metrics.connections.inc();
+        node.metrics.connections_total.inc();
+        tracing::debug!("open");
+
+        let mut connection = Connection::new(node.clone(), session, ws, inbox);
+        let end = connection.serve().await;
+        connection.close(end).await;
+
+        let Connection { session, .. } = connection;
+        node.hub.remove(&session.user, session.conn);
+        if let Err(error) = node.backend.disconnect(&session.user, session.conn).await {
+            node.metrics.redis_errors.inc();
+            tracing::warn!(%error, "presence entry left for the sweeper");
+        }
+        node.metrics.connections.dec();
+        tracing::debug!(?end, "closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Connection<S> {
+    node: Arc<Node>,
+    session: Session,
+    ws: S,
+    inbox: Inbox,
+    limit: RateLimit,
+    last_heard: Instant,
+    /// Replayed from the inbox: skipped if the same message also arrives live.
+    replayed: HashSet<MsgId>,
+    /// Delivered and not yet acked: who to send the receipt to.
+    unacked: BTreeMap<MsgId, (UserId, ClientMsgId)>,
+}
+
+impl<S> Connection<S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    fn new(node: Arc<Node>, session: Session, ws: S, inbox: Inbox) -> Self {
+        let now = Instant::now();
+        let limit = RateLimit::new(node.config.rate_limit, node.config.rate_limit_burst, now);
+        Self {
+            node,
+            session,
+            ws,
+            inbox,
+            limit,
+            last_heard: now,
+            replayed: HashSet::new(),
+            unacked: BTreeMap::new(),
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        let welcome = ServerFrame::Welcome(Welcome {
+            user: self.session.user.clone(),
+            conn: self.session.conn,
+            node: self.node.backend.node_id().to_owned(),
+            heartbeat_ms: u64::try_from(self.node.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            epoch: self.node.backend.epoch(),
+        });
+        if let Err(end) = self.write(&welcome).await {
+            return end;
+        }
+        // Registered (in the hub, then in presence) before the inbox is read:
+        // a message accepted meanwhile arrives live or in this replay.
+        let letters = match self
+            .node
+            .backend
+            .connect(&self.session.user, self.session.conn)
+            .await
+        {
+            Ok(letters) => letters,
+            Err(error) => {
+                self.node.metrics.redis_errors.inc();
+                tracing::warn!(%error, "cannot register");
+                return End::Internal;
+            }
+        };
+        for letter in letters {
+            self.replayed.insert(letter.delivery.msg);
+            self.remember(&letter);
+            if let Err(end) = self.feed(&ServerFrame::Message(letter.delivery)).await {
+                return end;
+            }
+            self.node.metrics.messages_out_delivered.inc();
+        }
+        if let Err(end) = self.flush().await {
+            return end;
+        }
+
+        let heartbeat = self.node.config.heartbeat;
+        let idle_after = heartbeat.mul_f32(2.5);
+        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        let mut close_at: Option<Instant> = None;
+        let slow = self.inbox.overflowed.clone();
+        let drain = self.node.drain.clone();
+        let abort = self.node.abort.clone();
+
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = slow.cancelled() => Err(End::SlowConsumer),
+                () = abort.cancelled() => Err(End::Draining),
+                () = drain.cancelled(), if close_at.is_none() => {
+                    close_at = Some(Instant::now() + self.node.drain_delay());
+                    Ok(())
+                }
+                () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => Err(End::Draining),
+                () = sleep_until(self.last_heard + idle_after) => Err(End::Idle),
+                _ = ping.tick() => self.send(Message::Ping(Bytes::new())).await,
+                Some(push) = self.inbox.recv() => self.write_pushes(push).await,
+                incoming = self.ws.next() => self.receive(incoming).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn write_pushes(&mut self, first: Push) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(push) = next {
+            match push {
+                Push::Message(letter) => {
+                    if self.replayed.remove(&letter.delivery.msg) {
+                        // Already written by the replay.
+                    } else {
+                        self.remember(&letter);
+                        let received_us = letter.received_us;
+                        self.feed(&ServerFrame::Message(letter.delivery)).await?;
+                        self.node.metrics.messages_out_delivered.inc();
+                        let routed = unix_micros().saturating_sub(received_us);
+                        self.node
+                            .metrics
+                            .route_seconds
+                            .observe(Duration::from_micros(routed).as_secs_f64());
+                    }
+                }
+                Push::Receipt(receipt) => self.feed(&ServerFrame::Receipt(receipt)).await?,
+            }
+            written += 1;
+            next = if written < WRITE_BATCH {
+                self.inbox.try_recv()
+            } else {
+                None
+            };
+        }
+        self.flush().await
+    }
+
+    /// Remembers who sent a delivered message, for the receipt on ack.
+    fn remember(&mut self, letter: &Letter) {
+        if let Some(reply_to) = &letter.reply_to {
+            self.unacked.insert(
+                letter.delivery.msg,
+                (letter.delivery.from.clone(), reply_to.clone()),
+            );
+            if self.unacked.len() > UNACKED_CAP {
+                self.unacked.pop_first();
+            }
+        }
+    }
+
+    async fn receive(&mut self, incoming: Option<Result<Message, WsError>>) -> Result<(), End> {
+        let message = match incoming {
+            None => return Err(End::Gone),
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                return Err(End::TooLarge);
+            }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "socket error");
+                return Err(End::Gone);
+            }
+            Some(Ok(message)) => message,
+        };
+        self.last_heard = Instant::now();
+        let decoded = match &message {
+            Message::Text(text) => Codec::Json.decode(text.as_bytes()),
+            Message::Binary(bytes) => Codec::MsgPack.decode(bytes),
+            // Pings are answered by the WebSocket layer; a close is answered
+            // there too, and the next read ends the stream.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                return Ok(());
+            }
+        };
+        match decoded {
+            Ok(ClientFrame::Ack { msg }) => self.ack(msg).await,
+            Ok(frame) => match self.limit.check(Instant::now()) {
+                Verdict::Allow => self.handle(frame).await,
+                Verdict::Limited => {
+                    let id = match frame {
+                        ClientFrame::Send { id, .. } => {
+                            self.node.metrics.messages_in_rejected.inc();
+                            Some(id)
+                        }
+                        _ => None,
+                    };
+                    self.error(id, ErrorCode::RateLimited, "over the rate limit: slow down")
+                        .await
+                }
+                Verdict::Abuse => Err(End::Abuse),
+            },
+            Err(DecodeError { code, id, message }) => {
+                if id.is_some() {
+                    self.node.metrics.messages_in_rejected.inc();
+                }
+                self.error(id, code, &message).await
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<(), End> {
+        match frame {
+            ClientFrame::Send { id, to, body } => {
+                let outgoing = Outgoing {
+                    from: self.session.user.clone(),
+                    id: Some(id.clone()),
+                    to,
+                    body,
+                    received_us: unix_micros(),
+                };
+                match self.node.backend.send(outgoing).await {
+                    Ok(accepted) => {
+                        let counter = match (accepted.duplicate, accepted.status) {
+                            (true, _) => &self.node.metrics.messages_in_duplicate,
+                            (false, AcceptStatus::Routed) => &self.node.metrics.messages_in_routed,
+                            (false, AcceptStatus::Stored) => &self.node.metrics.messages_in_stored,
+                        };
+                        counter.inc();
+                        self.write(&ServerFrame::Accepted {
+                            id,
+                            msg: accepted.msg,
+                            status: accepted.status,
+                        })
+                        .await
+                    }
+                    Err(error) => {
+                        self.node.metrics.messages_in_rejected.inc();
+                        self.node.metrics.redis_errors.inc();
+                        tracing::warn!(%error, "send not accepted");
+                        let message = "not accepted: backend unavailable; resend with the same id";
+                        self.error(Some(id), ErrorCode::Internal, message).await
+                    }
+                }
+            }
+            ClientFrame::Presence { users } => match self.node.backend.online(&users).await {
+                Ok(counts) => {
+                    let online = users
+                        .into_iter()
+                        .zip(counts)
+                        .map(|(user, n)| (user, n > 0))
+                        .collect();
+                    self.write(&ServerFrame::Presence { online }).await
+                }
+                Err(error) => {
+                    self.node.metrics.redis_errors.inc();
+                    tracing::warn!(%error, "presence query failed");
+                    self.error(None, ErrorCode::Internal, "presence unavailable")
+                        .await
+                }
+            },
+            ClientFrame::Ping => self.write(&ServerFrame::Pong).await,
+            ClientFrame::Ack { msg } => self.ack(msg).await,
+        }
+    }
+
+    async fn ack(&mut self, msg: MsgId) -> Result<(), End> {
+        let reply = self.unacked.remove(&msg);
+        let ack = Ack {
+            user: self.session.user.clone(),
+            msg,
+            reply,
+        };
+        if let Err(error) = self.node.backend.ack(ack).await {
+            self.node.metrics.redis_errors.inc();
+            tracing::warn!(%error, "ack not recorded");
+            return self
+                .error(None, ErrorCode::Internal, "ack not recorded; ack again")
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn error(
+        &mut self,
+        id: Option<ClientMsgId>,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), End> {
+        self.write(&ServerFrame::Error {
+            id,
+            code,
+            message: message.to_owned(),
+        })
+        .await
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    async fn feed(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        let message = match self.session.codec.encode(frame) {
+            Encoded::Text(text) => Message::text(text),
+            Encoded::Binary(bytes) => Message::binary(bytes),
+        };
+        let slow = self.inbox.overflowed.clone();
+        tokio::select! {
+            biased;
+            () = slow.cancelled() => Err(End::SlowConsumer),
+            sent = self.ws.feed(message) => sent.map_err(|_| End::Gone),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        let slow = self.inbox.overflowed.clone();
+        tokio::select! {
+            biased;
+            () = slow.cancelled() => Err(End::SlowConsumer),
+            flushed = self.ws.flush() => flushed.map_err(|_| End::Gone),
+        }
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        self.ws.feed(message).await.map_err(|_| End::Gone)?;
+        self.flush().await
+    }
+
+    /// Says why the connection ends, then reads until the client answers
+    /// the close, so that frames it still had in flight do not turn the
+    /// close into a reset that could swallow the close frame.
+    async fn close(&mut self, end: End) {
+        if end == End::SlowConsumer {
+            self.node.metrics.slow_consumer_disconnects.inc();
+        }
+        let Some(frame) = end.close_frame() else {
+            return;
+        };
+        if !matches!(
+            timeout(
+                Duration::from_secs(1),
+                self.ws.send(Message::Close(Some(frame)))
+            )
+            .await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let _ = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}

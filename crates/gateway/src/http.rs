@@ -1,0 +1,239 @@
+//! The public port: WebSocket upgrades at `/ws`, health at `/healthz` and
+//! `/readyz`. Everything about a request is settled here (auth, protocol,
+//! capacity) so the connection task starts with a known user.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_protocol::Codec;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::connection::{self, Session};
+use crate::node::Node;
+
+/// Request line and headers larger than this get 431.
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Socket read buffer per connection: small, since most frames are small
+/// and an idle connection should cost little; larger frames still arrive
+/// whole, in several reads.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+type Body = Full<Bytes>;
+
+/// Accepts connections until `stop`; each is served on its own task.
+pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationToken) {
+    let requests = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let stop = stop.clone();
+        requests.spawn(async move {
+            let service = service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(route(&node, req)) }
+            });
+            let conn = http1::Builder::new()
+                .max_buf_size(MAX_HEADER_BYTES)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    requests.close();
+    requests.wait().await;
+}
+
+fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/ws" => upgrade(node, req),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if node.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
+    }
+}
+
+fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+    if node.drain.is_cancelled() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is restarting; connect to another",
+        );
+    }
+    let Some(key) = websocket_key(&req) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "expected a WebSocket upgrade (version 13)",
+        );
+    };
+    let user = match node.auth.authenticate(req.headers(), req.uri().query()) {
+        Ok(user) => user,
+        Err(error) => {
+            return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
+        }
+    };
+    let Ok(codec) = negotiate(req.headers()) else {
+        let message = "supported subprotocols: switchboard.v1.json, switchboard.v1.msgpack";
+        return json_error(StatusCode::BAD_REQUEST, "unsupported_protocol", message);
+    };
+    let Ok(permit) = node.capacity.clone().try_acquire_owned() else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "node is full; connect to another",
+        );
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let node_for_task = node.clone();
+    let max_frame = node.config.max_frame_bytes;
+    node.connections.spawn(async move {
+        let _permit = permit;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(0)
+            .max_write_buffer_size(max_frame * 4)
+            .max_message_size(Some(max_frame))
+            .max_frame_size(Some(max_frame));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let session = Session {
+            user,
+            conn: Uuid::now_v7(),
+            codec,
+        };
+        connection::run(node_for_task, session, ws).await;
+    });
+
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if offered_protocols(req.headers()).next().is_some() {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(codec.protocol()),
+        );
+    }
+    response
+}
+
+/// The `Sec-WebSocket-Key` of a well-formed version 13 upgrade request.
+fn websocket_key(req: &Request<Incoming>) -> Option<String> {
+    let headers = req.headers();
+    let has_token = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+    };
+    let upgrade = req.method() == http::Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+    upgrade
+        .then(|| {
+            headers
+                .get(header::SEC_WEBSOCKET_KEY)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .flatten()
+}
+
+fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// The first offered protocol we speak; JSON when none is offered.
+fn negotiate(headers: &HeaderMap) -> Result<Codec, ()> {
+    let mut offered = offered_protocols(headers).peekable();
+    if offered.peek().is_none() {
+        return Ok(Codec::Json);
+    }
+    offered.find_map(Codec::from_protocol).ok_or(())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// `{"error":"...","message":"..."}` with `status`.
+pub fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": error, "message": message }).to_string();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

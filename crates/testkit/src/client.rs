@@ -1,0 +1,233 @@
+//! A real WebSocket client speaking the Switchboard protocol.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use switchboard_protocol::{
+    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, MsgId, ServerFrame,
+    UserId, Welcome,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::within;
+
+/// How to open a connection.
+#[derive(Clone, Debug, Default)]
+pub struct Connect {
+    /// Sent as `Authorization: Bearer`.
+    pub bearer: Option<String>,
+    /// Appended to the URL as is (`token=...`, `user=...`).
+    pub query: Option<String>,
+    /// Offered in `Sec-WebSocket-Protocol`.
+    pub protocols: Vec<String>,
+    /// Any other request headers.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The server answered the upgrade with this status and body.
+    Http {
+        status: u16,
+        body: String,
+    },
+    Other(String),
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub codec: Codec,
+    pub welcome: Welcome,
+}
+
+impl Client {
+    /// Connects as `user` with a valid token, speaking JSON.
+    pub async fn connect(url: &str, user: &str) -> Self {
+        Self::connect_with(url, user, Codec::Json).await
+    }
+
+    pub async fn connect_with(url: &str, user: &str, codec: Codec) -> Self {
+        let connect = Connect {
+            bearer: Some(crate::token(user)),
+            protocols: vec![codec.protocol().to_owned()],
+            ..Connect::default()
+        };
+        Self::open(url, connect)
+            .await
+            .unwrap_or_else(|e| panic!("connect as {user}: {e:?}"))
+    }
+
+    /// Opens a connection and reads the `welcome` frame.
+    pub async fn open(url: &str, connect: Connect) -> Result<Self, ConnectError> {
+        let url = match &connect.query {
+            Some(query) => format!("{url}?{query}"),
+            None => url.to_owned(),
+        };
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| ConnectError::Other(e.to_string()))?;
+        let headers = request.headers_mut();
+        if let Some(token) = &connect.bearer {
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        if !connect.protocols.is_empty() {
+            headers.insert(
+                "sec-websocket-protocol",
+                connect.protocols.join(", ").parse().unwrap(),
+            );
+        }
+        for (name, value) in &connect.headers {
+            headers.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let config = WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let (ws, response) = within(
+            "the upgrade",
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+        )
+        .await
+        .map_err(|e| match e {
+            WsError::Http(response) => ConnectError::Http {
+                status: response.status().as_u16(),
+                body: response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default(),
+            },
+            other => ConnectError::Other(other.to_string()),
+        })?;
+        let codec = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Codec::from_protocol)
+            .unwrap_or(Codec::Json);
+        let mut client = Self {
+            ws,
+            codec,
+            welcome: placeholder_welcome(),
+        };
+        match client.recv().await {
+            ServerFrame::Welcome(welcome) => client.welcome = welcome,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        Ok(client)
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        let message = match self.codec.encode_client(frame) {
+            Encoded::Text(text) => Message::text(text),
+            Encoded::Binary(bytes) => Message::binary(bytes),
+        };
+        self.ws.send(message).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.unwrap();
+    }
+
+    /// Feeds without flushing, for floods.
+    pub async fn feed_raw(&mut self, message: Message) -> Result<(), WsError> {
+        self.ws.feed(message).await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), WsError> {
+        self.ws.flush().await
+    }
+
+    /// Sends a message and returns the server's `accepted` answer.
+    pub async fn send_message(
+        &mut self,
+        id: &str,
+        to: &str,
+        body: serde_json::Value,
+    ) -> (MsgId, AcceptStatus) {
+        self.send(&ClientFrame::Send {
+            id: ClientMsgId::parse(id).unwrap(),
+            to: UserId::parse(to).unwrap(),
+            body: Body::from_value(&body),
+        })
+        .await;
+        match self.recv().await {
+            ServerFrame::Accepted {
+                id: got,
+                msg,
+                status,
+            } if got.as_str() == id => (msg, status),
+            other => panic!("expected accepted for {id}, got {other:?}"),
+        }
+    }
+
+    pub async fn ack(&mut self, msg: MsgId) {
+        self.send(&ClientFrame::Ack { msg }).await;
+    }
+
+    /// The next data frame from the server, skipping WebSocket pings.
+    pub async fn recv(&mut self) -> ServerFrame {
+        loop {
+            let message = within("a server frame", self.ws.next()).await;
+            let bytes = match message {
+                Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
+                Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a data frame, got {other:?}"),
+            };
+            return self
+                .codec
+                .decode_server(&bytes)
+                .unwrap_or_else(|e| panic!("undecodable frame: {e}"));
+        }
+    }
+
+    /// The next `message` frame.
+    pub async fn recv_message(&mut self) -> Arc<Delivery> {
+        match self.recv().await {
+            ServerFrame::Message(delivery) => delivery,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server closes; its close code and reason. Data frames
+    /// on the way are returned too, for the caller to check.
+    pub async fn recv_close(&mut self) -> (Option<(u16, String)>, Vec<ServerFrame>) {
+        let mut frames = Vec::new();
+        loop {
+            match within("the close frame", self.ws.next()).await {
+                Some(Ok(Message::Close(frame))) => {
+                    return (
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                        frames,
+                    );
+                }
+                Some(Ok(Message::Text(text))) => {
+                    frames.push(self.codec.decode_server(text.as_bytes()).unwrap())
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    frames.push(self.codec.decode_server(&bytes).unwrap())
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => return (None, frames),
+            }
+        }
+    }
+}
+
+fn placeholder_welcome() -> Welcome {
+    Welcome {
+        user: UserId::parse("unknown").unwrap(),
+        conn: uuid::Uuid::nil(),
+        node: String::new(),
+        heartbeat_ms: 0,
+        epoch: uuid::Uuid::nil(),
+    }
+}
