@@ -36,23 +36,13 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            key: jwt_secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
-            validation,
-            dev_insecure,
-        }
+        Self { key: jwt_secret.map(|s| DecodingKey::from_secret(s.as_bytes())), validation, dev_insecure }
     }
 
     /// The user a WebSocket upgrade request speaks for.
-    pub fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-    ) -> Result<UserId, AuthError> {
+    pub fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, AuthError> {
         let query_value = |name: &str| {
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v)
+            form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
         };
         let bearer = headers
             .get(http::header::AUTHORIZATION)
@@ -72,23 +62,10 @@ impl Authenticator {
 }
 
 /// Signs a client token for `user`, valid for `ttl`.
-pub fn issue_token(
-    secret: &str,
-    user: &UserId,
-    ttl: Duration,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims = Claims {
-        sub: user.as_str().to_owned(),
-        exp: now + ttl.as_secs(),
-    };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
+pub fn issue_token(secret: &str, user: &UserId, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let claims = Claims { sub: user.as_str().to_owned(), exp: now + ttl.as_secs() };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
 
 #[cfg(test)]
@@ -97,33 +74,17 @@ mod tests {
 
     fn bearer(token: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::AUTHORIZATION,
-            format!("Bearer {token}").parse().unwrap(),
-        );
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
         headers
     }
 
     #[test]
     fn header_and_query_tokens() {
         let auth = Authenticator::new(Some("secret"), false);
-        let token = issue_token(
-            "secret",
-            &UserId::parse("alice").unwrap(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        assert_eq!(
-            auth.authenticate(&bearer(&token), None).unwrap().as_str(),
-            "alice"
-        );
+        let token = issue_token("secret", &UserId::parse("alice").unwrap(), Duration::from_secs(60)).unwrap();
+        assert_eq!(auth.authenticate(&bearer(&token), None).unwrap().as_str(), "alice");
         let query = format!("token={token}");
-        assert_eq!(
-            auth.authenticate(&HeaderMap::new(), Some(&query))
-                .unwrap()
-                .as_str(),
-            "alice"
-        );
+        assert_eq!(auth.authenticate(&HeaderMap::new(), Some(&query)).unwrap().as_str(), "alice");
     }
 
     #[test]
@@ -131,32 +92,15 @@ mod tests {
         let auth = Authenticator::new(Some("secret"), false);
         let alice = UserId::parse("alice").unwrap();
         let forged = issue_token("other", &alice, Duration::from_secs(60)).unwrap();
-        assert!(matches!(
-            auth.authenticate(&bearer(&forged), None),
-            Err(AuthError::Invalid(_))
-        ));
-        assert!(matches!(
-            auth.authenticate(&HeaderMap::new(), Some("user=alice")),
-            Err(AuthError::Missing)
-        ));
-        assert!(matches!(
-            auth.authenticate(&HeaderMap::new(), None),
-            Err(AuthError::Missing)
-        ));
+        assert!(matches!(auth.authenticate(&bearer(&forged), None), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth.authenticate(&HeaderMap::new(), Some("user=alice")), Err(AuthError::Missing)));
+        assert!(matches!(auth.authenticate(&HeaderMap::new(), None), Err(AuthError::Missing)));
     }
 
     #[test]
     fn dev_auth_still_checks_the_user_id() {
         let auth = Authenticator::new(None, true);
-        assert_eq!(
-            auth.authenticate(&HeaderMap::new(), Some("user=a%40b"))
-                .unwrap()
-                .as_str(),
-            "a@b"
-        );
-        assert!(matches!(
-            auth.authenticate(&HeaderMap::new(), Some("user=a%20b")),
-            Err(AuthError::BadSubject(_))
-        ));
+        assert_eq!(auth.authenticate(&HeaderMap::new(), Some("user=a%40b")).unwrap().as_str(), "a@b");
+        assert!(matches!(auth.authenticate(&HeaderMap::new(), Some("user=a%20b")), Err(AuthError::BadSubject(_))));
     }
 }

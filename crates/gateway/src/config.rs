@@ -8,11 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard_presence::Mode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "switchboard",
-    version,
-    about = "WebSocket gateway for per-user messaging"
-)]
+#[command(name = "switchboard", version, about = "WebSocket gateway for per-user messaging")]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,11 +37,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Internal address: Prometheus /metrics and /healthz.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_METRICS_LISTEN",
-        default_value = "0.0.0.0:9091"
-    )]
+    #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
     pub metrics_listen: SocketAddr,
     /// Redis URL; unset runs a single node with an in-process backend.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
@@ -161,17 +153,9 @@ impl ServeArgs {
     }
 
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let bad = |setting, problem: &str| {
-            Err(ConfigError {
-                setting,
-                problem: problem.to_owned(),
-            })
-        };
+        let bad = |setting, problem: &str| Err(ConfigError { setting, problem: problem.to_owned() });
         if self.jwt_secret.is_none() && !self.dev_insecure_auth {
-            return bad(
-                "jwt-secret",
-                "set a secret (or --dev-insecure-auth for development): no client could log in",
-            );
+            return bad("jwt-secret", "set a secret (or --dev-insecure-auth for development): no client could log in");
         }
         if self.jwt_secret.as_deref() == Some("") {
             return bad("jwt-secret", "must not be empty");
@@ -210,9 +194,7 @@ impl ServeArgs {
             Some(id)
                 if id.is_empty()
                     || id.len() > 64
-                    || !id
-                        .bytes()
-                        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}') =>
+                    || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}') =>
             {
                 return bad("node-id", "1 to 64 printable ASCII characters, no braces");
             }
@@ -248,13 +230,7 @@ impl ServeArgs {
 fn default_node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
-        .map(|h| {
-            h.trim()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .take(40)
-                .collect::<String>()
-        })
+        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect::<String>())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".to_owned());
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
@@ -266,10 +242,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         let args = std::iter::once("serve").chain(args.iter().copied());
-        ServeArgs::try_parse_from(args)
-            .map_err(|e| e.to_string())?
-            .validate()
-            .map_err(|e| e.to_string())
+        ServeArgs::try_parse_from(args).map_err(|e| e.to_string())?.validate().map_err(|e| e.to_string())
     }
 
     #[test]
@@ -280,15 +253,9 @@ mod tests {
         assert_eq!(config.node_ttl, Duration::from_secs(10));
         assert_eq!(config.mode, Mode::Durable);
         assert_eq!(config.heartbeat, Duration::from_secs(25));
-        assert_eq!(
-            (config.max_frame_bytes, config.send_queue_bytes),
-            (65536, 1 << 20)
-        );
+        assert_eq!((config.max_frame_bytes, config.send_queue_bytes), (65536, 1 << 20));
         assert_eq!((config.rate_limit, config.rate_limit_burst), (100, 200));
-        assert_eq!(
-            (config.inbox_max_len, config.inbox_ttl),
-            (1000, Duration::from_secs(7 * 86400))
-        );
+        assert_eq!((config.inbox_max_len, config.inbox_ttl), (1000, Duration::from_secs(7 * 86400)));
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert!(!config.dev_insecure_auth);
         assert!(config.redis_url.is_none());
@@ -296,26 +263,10 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        assert!(
-            parse(&["--jwt-secret", "s", "--heartbeat", "soon"])
-                .unwrap_err()
-                .contains("--heartbeat")
-        );
-        assert!(
-            parse(&["--jwt-secret", "s", "--delivery", "maybe"])
-                .unwrap_err()
-                .contains("--delivery")
-        );
-        assert!(
-            parse(&["--jwt-secret", "s", "--rate-limit", "0"])
-                .unwrap_err()
-                .contains("--rate-limit")
-        );
+        assert!(parse(&["--jwt-secret", "s", "--heartbeat", "soon"]).unwrap_err().contains("--heartbeat"));
+        assert!(parse(&["--jwt-secret", "s", "--delivery", "maybe"]).unwrap_err().contains("--delivery"));
+        assert!(parse(&["--jwt-secret", "s", "--rate-limit", "0"]).unwrap_err().contains("--rate-limit"));
         assert!(parse(&[]).unwrap_err().contains("--jwt-secret"));
-        assert!(
-            parse(&["--dev-insecure-auth", "--node-id", "a{b}"])
-                .unwrap_err()
-                .contains("--node-id")
-        );
+        assert!(parse(&["--dev-insecure-auth", "--node-id", "a{b}"]).unwrap_err().contains("--node-id"));
     }
 }

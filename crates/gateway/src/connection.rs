@@ -12,8 +12,7 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchboard_presence::{Ack, Letter, Outgoing, Push, unix_micros};
 use switchboard_protocol::{
-    AcceptStatus, ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId,
-    ServerFrame, UserId, Welcome,
+    AcceptStatus, ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
 };
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -63,10 +62,7 @@ impl End {
             Self::Draining => (CloseCode::Restart, "node restarting"),
             Self::Internal => (CloseCode::Error, "internal error"),
         };
-        Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })
+        Some(CloseFrame { code, reason: reason.into() })
     }
 }
 
@@ -120,16 +116,7 @@ where
     fn new(node: Arc<Node>, session: Session, ws: S, inbox: Inbox) -> Self {
         let now = Instant::now();
         let limit = RateLimit::new(node.config.rate_limit, node.config.rate_limit_burst, now);
-        Self {
-            node,
-            session,
-            ws,
-            inbox,
-            limit,
-            last_heard: now,
-            replayed: HashSet::new(),
-            unacked: BTreeMap::new(),
-        }
+        Self { node, session, ws, inbox, limit, last_heard: now, replayed: HashSet::new(), unacked: BTreeMap::new() }
     }
 
     async fn serve(&mut self) -> End {
@@ -145,12 +132,7 @@ where
         }
         // Registered (in the hub, then in presence) before the inbox is read:
         // a message accepted meanwhile arrives live or in this replay.
-        let letters = match self
-            .node
-            .backend
-            .connect(&self.session.user, self.session.conn)
-            .await
-        {
+        let letters = match self.node.backend.connect(&self.session.user, self.session.conn).await {
             Ok(letters) => letters,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
@@ -214,20 +196,13 @@ where
                         self.feed(&ServerFrame::Message(letter.delivery)).await?;
                         self.node.metrics.messages_out_delivered.inc();
                         let routed = unix_micros().saturating_sub(received_us);
-                        self.node
-                            .metrics
-                            .route_seconds
-                            .observe(Duration::from_micros(routed).as_secs_f64());
+                        self.node.metrics.route_seconds.observe(Duration::from_micros(routed).as_secs_f64());
                     }
                 }
                 Push::Receipt(receipt) => self.feed(&ServerFrame::Receipt(receipt)).await?,
             }
             written += 1;
-            next = if written < WRITE_BATCH {
-                self.inbox.try_recv()
-            } else {
-                None
-            };
+            next = if written < WRITE_BATCH { self.inbox.try_recv() } else { None };
         }
         self.flush().await
     }
@@ -235,10 +210,7 @@ where
     /// Remembers who sent a delivered message, for the receipt on ack.
     fn remember(&mut self, letter: &Letter) {
         if let Some(reply_to) = &letter.reply_to {
-            self.unacked.insert(
-                letter.delivery.msg,
-                (letter.delivery.from.clone(), reply_to.clone()),
-            );
+            self.unacked.insert(letter.delivery.msg, (letter.delivery.from.clone(), reply_to.clone()));
             if self.unacked.len() > UNACKED_CAP {
                 self.unacked.pop_first();
             }
@@ -279,8 +251,7 @@ where
                         }
                         _ => None,
                     };
-                    self.error(id, ErrorCode::RateLimited, "over the rate limit: slow down")
-                        .await
+                    self.error(id, ErrorCode::RateLimited, "over the rate limit: slow down").await
                 }
                 Verdict::Abuse => Err(End::Abuse),
             },
@@ -311,12 +282,7 @@ where
                             (false, AcceptStatus::Stored) => &self.node.metrics.messages_in_stored,
                         };
                         counter.inc();
-                        self.write(&ServerFrame::Accepted {
-                            id,
-                            msg: accepted.msg,
-                            status: accepted.status,
-                        })
-                        .await
+                        self.write(&ServerFrame::Accepted { id, msg: accepted.msg, status: accepted.status }).await
                     }
                     Err(error) => {
                         self.node.metrics.messages_in_rejected.inc();
@@ -329,18 +295,13 @@ where
             }
             ClientFrame::Presence { users } => match self.node.backend.online(&users).await {
                 Ok(counts) => {
-                    let online = users
-                        .into_iter()
-                        .zip(counts)
-                        .map(|(user, n)| (user, n > 0))
-                        .collect();
+                    let online = users.into_iter().zip(counts).map(|(user, n)| (user, n > 0)).collect();
                     self.write(&ServerFrame::Presence { online }).await
                 }
                 Err(error) => {
                     self.node.metrics.redis_errors.inc();
                     tracing::warn!(%error, "presence query failed");
-                    self.error(None, ErrorCode::Internal, "presence unavailable")
-                        .await
+                    self.error(None, ErrorCode::Internal, "presence unavailable").await
                 }
             },
             ClientFrame::Ping => self.write(&ServerFrame::Pong).await,
@@ -350,33 +311,17 @@ where
 
     async fn ack(&mut self, msg: MsgId) -> Result<(), End> {
         let reply = self.unacked.remove(&msg);
-        let ack = Ack {
-            user: self.session.user.clone(),
-            msg,
-            reply,
-        };
+        let ack = Ack { user: self.session.user.clone(), msg, reply };
         if let Err(error) = self.node.backend.ack(ack).await {
             self.node.metrics.redis_errors.inc();
             tracing::warn!(%error, "ack not recorded");
-            return self
-                .error(None, ErrorCode::Internal, "ack not recorded; ack again")
-                .await;
+            return self.error(None, ErrorCode::Internal, "ack not recorded; ack again").await;
         }
         Ok(())
     }
 
-    async fn error(
-        &mut self,
-        id: Option<ClientMsgId>,
-        code: ErrorCode,
-        message: &str,
-    ) -> Result<(), End> {
-        self.write(&ServerFrame::Error {
-            id,
-            code,
-            message: message.to_owned(),
-        })
-        .await
+    async fn error(&mut self, id: Option<ClientMsgId>, code: ErrorCode, message: &str) -> Result<(), End> {
+        self.write(&ServerFrame::Error { id, code, message: message.to_owned() }).await
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
@@ -421,19 +366,9 @@ where
         let Some(frame) = end.close_frame() else {
             return;
         };
-        if !matches!(
-            timeout(
-                Duration::from_secs(1),
-                self.ws.send(Message::Close(Some(frame)))
-            )
-            .await,
-            Ok(Ok(()))
-        ) {
+        if !matches!(timeout(Duration::from_secs(1), self.ws.send(Message::Close(Some(frame)))).await, Ok(Ok(()))) {
             return;
         }
-        let _ = timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+        let _ = timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
     }
 }

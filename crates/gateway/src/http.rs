@@ -91,18 +91,10 @@ fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
 
 fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     if node.drain.is_cancelled() {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "node is restarting; connect to another",
-        );
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is restarting; connect to another");
     }
     let Some(key) = websocket_key(&req) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "expected a WebSocket upgrade (version 13)",
-        );
+        return json_error(StatusCode::BAD_REQUEST, "not_websocket", "expected a WebSocket upgrade (version 13)");
     };
     let user = match node.auth.authenticate(req.headers(), req.uri().query()) {
         Ok(user) => user,
@@ -115,11 +107,7 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         return json_error(StatusCode::BAD_REQUEST, "unsupported_protocol", message);
     };
     let Ok(permit) = node.capacity.clone().try_acquire_owned() else {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "node is full; connect to another",
-        );
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "node is full; connect to another");
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -140,14 +128,8 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             .max_write_buffer_size(max_frame * 4)
             .max_message_size(Some(max_frame))
             .max_frame_size(Some(max_frame));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        let session = Session {
-            user,
-            conn: Uuid::now_v7(),
-            codec,
-        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let session = Session { user, conn: Uuid::now_v7(), codec };
         connection::run(node_for_task, session, ws).await;
     });
 
@@ -160,10 +142,7 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     if offered_protocols(req.headers()).next().is_some() {
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(codec.protocol()),
-        );
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(codec.protocol()));
     }
     response
 }
@@ -176,26 +155,13 @@ fn websocket_key(req: &Request<Incoming>) -> Option<String> {
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|part| part.trim().eq_ignore_ascii_case(token))
-            })
+            .any(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
     };
     let upgrade = req.method() == http::Method::GET
         && has_token(header::CONNECTION, "upgrade")
         && has_token(header::UPGRADE, "websocket")
-        && headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v == "13");
-    upgrade
-        .then(|| {
-            headers
-                .get(header::SEC_WEBSOCKET_KEY)?
-                .to_str()
-                .ok()
-                .map(str::to_owned)
-        })
-        .flatten()
+        && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    upgrade.then(|| headers.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok().map(str::to_owned)).flatten()
 }
 
 fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -220,9 +186,7 @@ fn negotiate(headers: &HeaderMap) -> Result<Codec, ()> {
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }
 
@@ -231,9 +195,6 @@ pub fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Bo
     let body = serde_json::json!({ "error": error, "message": message }).to_string();
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -39,18 +39,8 @@ pub fn outbox(conn: Uuid, limit: usize) -> (Outbox, Inbox) {
     let queued = Arc::new(AtomicUsize::new(0));
     let overflowed = CancellationToken::new();
     (
-        Outbox {
-            conn,
-            tx,
-            queued: queued.clone(),
-            limit,
-            overflowed: overflowed.clone(),
-        },
-        Inbox {
-            rx,
-            queued,
-            overflowed,
-        },
+        Outbox { conn, tx, queued: queued.clone(), limit, overflowed: overflowed.clone() },
+        Inbox { rx, queued, overflowed },
     )
 }
 
@@ -113,10 +103,7 @@ impl Local for Hub {
         let Some(outboxes) = self.users.get(user) else {
             return 0;
         };
-        outboxes
-            .iter()
-            .filter(|outbox| outbox.push(push.clone()))
-            .count()
+        outboxes.iter().filter(|outbox| outbox.push(push.clone())).count()
     }
 
     fn connections(&self, user: &UserId) -> usize {
@@ -136,18 +123,8 @@ mod tests {
     fn message(body_len: usize) -> Push {
         let body = Body::from_json(&format!("\"{}\"", "x".repeat(body_len))).unwrap();
         let user = UserId::parse("bob").unwrap();
-        let delivery = Delivery {
-            msg: MsgId::new(),
-            from: user.clone(),
-            to: user,
-            body,
-            ts: 0,
-        };
-        Push::Message(Letter {
-            delivery: Arc::new(delivery),
-            reply_to: None,
-            received_us: 0,
-        })
+        let delivery = Delivery { msg: MsgId::new(), from: user.clone(), to: user, body, ts: 0 };
+        Push::Message(Letter { delivery: Arc::new(delivery), reply_to: None, received_us: 0 })
     }
 
     #[tokio::test]

@@ -50,11 +50,7 @@ impl RateLimit {
             self.refused_in_window = 0;
         }
         self.refused_in_window += 1;
-        if self.refused_in_window >= self.abuse_threshold {
-            Verdict::Abuse
-        } else {
-            Verdict::Limited
-        }
+        if self.refused_in_window >= self.abuse_threshold { Verdict::Abuse } else { Verdict::Limited }
     }
 }
 

@@ -17,11 +17,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() {
-                ExitCode::from(USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if error.use_stderr() { ExitCode::from(USAGE) } else { ExitCode::SUCCESS };
         }
     };
     let result = match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
@@ -68,22 +64,14 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let public = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let public = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let metrics = TcpListener::bind(config.metrics_listen)
             .await
             .with_context(|| format!("binding {}", config.metrics_listen))?;
         // One line on stdout for scripts and tests that bind port 0.
-        println!(
-            "listening public={} metrics={}",
-            public.local_addr()?,
-            metrics.local_addr()?
-        );
+        println!("listening public={} metrics={}", public.local_addr()?, metrics.local_addr()?);
         switchboard_gateway::serve(config, public, metrics, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -92,10 +80,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
 /// Resolves on SIGTERM (Kubernetes starting a graceful shutdown) or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

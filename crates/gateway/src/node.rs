@@ -55,9 +55,7 @@ impl Node {
     /// When, after the drain starts, one connection is closed: spread over
     /// the first half of the grace period.
     pub fn drain_delay(&self) -> Duration {
-        self.config
-            .shutdown_grace
-            .mul_f64(rand::random::<f64>() * 0.5)
+        self.config.shutdown_grace.mul_f64(rand::random::<f64>() * 0.5)
     }
 }
 
@@ -87,9 +85,7 @@ pub async fn serve(
     };
     let backend = Backend::memory(settings, hub.clone(), counters);
     if config.dev_insecure_auth {
-        tracing::warn!(
-            "INSECURE: --dev-insecure-auth accepts ?user=ID without a token; never use it in production"
-        );
+        tracing::warn!("INSECURE: --dev-insecure-auth accepts ?user=ID without a token; never use it in production");
     }
     let node = Arc::new(Node {
         auth: Authenticator::new(config.jwt_secret.as_deref(), config.dev_insecure_auth),
@@ -107,11 +103,7 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(http::accept(public, node.clone(), stop.clone()));
-    background.spawn(switchboard_metrics::serve(
-        metrics_listener,
-        node.metrics.clone(),
-        stop.clone(),
-    ));
+    background.spawn(switchboard_metrics::serve(metrics_listener, node.metrics.clone(), stop.clone()));
     background.spawn(upkeep(node.clone(), stop.clone()));
     background.close();
 
@@ -120,14 +112,8 @@ pub async fn serve(
     tracing::info!(open, grace = ?node.config.shutdown_grace, "draining");
     node.drain.cancel();
     node.connections.close();
-    if tokio::time::timeout(node.config.shutdown_grace, node.connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = node.connections.len(),
-            "drain deadline passed; closing the rest now"
-        );
+    if tokio::time::timeout(node.config.shutdown_grace, node.connections.wait()).await.is_err() {
+        tracing::warn!(open = node.connections.len(), "drain deadline passed; closing the rest now");
         node.abort.cancel();
         node.connections.wait().await;
     }

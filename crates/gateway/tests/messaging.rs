@@ -16,24 +16,16 @@ async fn alice_and_bob_exchange_messages_in_json() {
     assert_eq!(alice.welcome.epoch, bob.welcome.epoch);
     assert_ne!(alice.welcome.conn, bob.welcome.conn);
 
-    let (msg, status) = alice
-        .send_message("c-1", "bob", json!({"text": "hi bob"}))
-        .await;
+    let (msg, status) = alice.send_message("c-1", "bob", json!({"text": "hi bob"})).await;
     assert_eq!(status, AcceptStatus::Routed);
     assert_eq!(msg.uuid().get_version_num(), 7);
     let got = bob.recv_message().await;
-    assert_eq!(
-        (got.msg, got.from.as_str(), got.to.as_str()),
-        (msg, "alice", "bob")
-    );
+    assert_eq!((got.msg, got.from.as_str(), got.to.as_str()), (msg, "alice", "bob"));
     assert_eq!(got.body.to_value(), json!({"text": "hi bob"}));
 
     let (reply, _) = bob.send_message("b-1", "alice", json!("hi alice")).await;
     let got = alice.recv_message().await;
-    assert_eq!(
-        (got.msg, got.from.as_str(), got.body.to_value()),
-        (reply, "bob", json!("hi alice"))
-    );
+    assert_eq!((got.msg, got.from.as_str(), got.body.to_value()), (reply, "bob", json!("hi alice")));
 }
 
 #[tokio::test]
@@ -48,14 +40,9 @@ async fn msgpack_and_json_clients_understand_each_other() {
     let got = bob.recv_message().await;
     assert_eq!((got.msg, got.body.to_value()), (msg, body));
 
-    let (msg, _) = bob
-        .send_message("j-1", "alice", json!({"text": "from json"}))
-        .await;
+    let (msg, _) = bob.send_message("j-1", "alice", json!({"text": "from json"})).await;
     let got = alice.recv_message().await;
-    assert_eq!(
-        (got.msg, got.body.to_value()),
-        (msg, json!({"text": "from json"}))
-    );
+    assert_eq!((got.msg, got.body.to_value()), (msg, json!({"text": "from json"})));
 }
 
 #[tokio::test]
@@ -74,10 +61,7 @@ async fn every_device_of_a_user_gets_the_message_and_the_sender_gets_one_receipt
     laptop.ack(msg).await;
     match alice.recv().await {
         ServerFrame::Receipt(receipt) => {
-            assert_eq!(
-                (receipt.id.as_str(), receipt.msg, receipt.status),
-                ("c-1", msg, ReceiptStatus::Delivered)
-            );
+            assert_eq!((receipt.id.as_str(), receipt.msg, receipt.status), ("c-1", msg, ReceiptStatus::Delivered));
         }
         other => panic!("expected a receipt, got {other:?}"),
     }
@@ -93,23 +77,15 @@ async fn offline_messages_wait_in_the_inbox_until_acked() {
     let mut alice = Client::connect(&node.ws_url(), "alice").await;
     let mut sent = Vec::new();
     for i in 0..3 {
-        let (msg, status) = alice
-            .send_message(&format!("c-{i}"), "bob", json!({"i": i}))
-            .await;
+        let (msg, status) = alice.send_message(&format!("c-{i}"), "bob", json!({"i": i})).await;
         assert_eq!(status, AcceptStatus::Stored);
         sent.push(msg);
     }
 
     // Replayed oldest first; only the first is acked.
     let mut bob = Client::connect(&node.ws_url(), "bob").await;
-    let replayed: Vec<_> = [
-        bob.recv_message().await,
-        bob.recv_message().await,
-        bob.recv_message().await,
-    ]
-    .iter()
-    .map(|d| d.msg)
-    .collect();
+    let replayed: Vec<_> =
+        [bob.recv_message().await, bob.recv_message().await, bob.recv_message().await].iter().map(|d| d.msg).collect();
     assert_eq!(replayed, sent);
     bob.ack(sent[0]).await;
     match alice.recv().await {
@@ -140,10 +116,7 @@ async fn a_repeated_send_id_is_answered_but_not_delivered_again() {
     // After a reconnect too: the id belongs to the sender, not the connection.
     drop(alice);
     let mut alice = Client::connect(&node.ws_url(), "alice").await;
-    assert_eq!(
-        alice.send_message("same", "bob", json!("twice")).await,
-        first
-    );
+    assert_eq!(alice.send_message("same", "bob", json!("twice")).await, first);
     let (other, _) = alice.send_message("other", "bob", json!("new")).await;
     // The next thing bob sees is the new message, not the repeat.
     assert_eq!(bob.recv_message().await.msg, other);
@@ -162,12 +135,7 @@ async fn messages_from_one_connection_arrive_in_send_order() {
     let mut bob = Client::connect(&node.ws_url(), "bob").await;
     let mut sent = Vec::new();
     for i in 0..200 {
-        sent.push(
-            alice
-                .send_message(&format!("c-{i}"), "bob", json!(i))
-                .await
-                .0,
-        );
+        sent.push(alice.send_message(&format!("c-{i}"), "bob", json!(i)).await.0);
     }
     for (i, msg) in sent.iter().enumerate() {
         let got = bob.recv_message().await;
@@ -180,13 +148,9 @@ async fn presence_answers_who_is_online() {
     let node = NodeProcess::start(&[]).await;
     let mut alice = Client::connect(&node.ws_url(), "alice").await;
     let _bob = Client::connect(&node.ws_url(), "bob").await;
-    let users = ["bob", "carol", "alice"]
-        .map(|u| UserId::parse(u).unwrap())
-        .to_vec();
+    let users = ["bob", "carol", "alice"].map(|u| UserId::parse(u).unwrap()).to_vec();
     alice.send(&ClientFrame::Presence { users }).await;
-    let ServerFrame::Presence { online } = alice.recv().await else {
-        panic!("expected presence")
-    };
+    let ServerFrame::Presence { online } = alice.recv().await else { panic!("expected presence") };
     let online: Vec<_> = online.iter().map(|(u, on)| (u.as_str(), *on)).collect();
     assert_eq!(online, [("alice", true), ("bob", true), ("carol", false)]);
 }
@@ -195,10 +159,6 @@ async fn presence_answers_who_is_online() {
 async fn app_level_ping_gets_pong() {
     let node = NodeProcess::start(&[]).await;
     let mut alice = Client::connect(&node.ws_url(), "alice").await;
-    alice
-        .send_raw(tokio_tungstenite::tungstenite::Message::text(
-            r#"{"type":"ping"}"#,
-        ))
-        .await;
+    alice.send_raw(tokio_tungstenite::tungstenite::Message::text(r#"{"type":"ping"}"#)).await;
     assert_eq!(alice.recv().await, ServerFrame::Pong);
 }

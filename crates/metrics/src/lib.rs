@@ -6,16 +6,13 @@
 
 mod exporter;
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub use exporter::serve;
 
 /// Buckets for routing latency: 100 us to 5 s.
-const ROUTE_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const ROUTE_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Every metric of one node, registered in its own registry.
 #[derive(Clone, Debug)]
@@ -39,19 +36,10 @@ impl Metrics {
     /// Creates and registers every metric, at zero, for node `node`.
     pub fn new(node: &str) -> Self {
         let registry = Registry::new();
-        let connections = IntGauge::new(
-            "switchboard_connections",
-            "Open client WebSocket connections",
-        );
-        let connections_total = IntCounter::new(
-            "switchboard_connections_total",
-            "Client WebSocket connections opened",
-        );
+        let connections = IntGauge::new("switchboard_connections", "Open client WebSocket connections");
+        let connections_total = IntCounter::new("switchboard_connections_total", "Client WebSocket connections opened");
         let messages = IntCounterVec::new(
-            Opts::new(
-                "switchboard_messages_total",
-                "Messages by direction and outcome",
-            ),
+            Opts::new("switchboard_messages_total", "Messages by direction and outcome"),
             &["direction", "outcome"],
         );
         let route_seconds = Histogram::with_opts(
@@ -61,27 +49,18 @@ impl Metrics {
             )
             .buckets(ROUTE_BUCKETS.to_vec()),
         );
-        let redis_errors = IntCounter::new(
-            "switchboard_redis_errors_total",
-            "Failed backend (Redis) operations",
-        );
+        let redis_errors = IntCounter::new("switchboard_redis_errors_total", "Failed backend (Redis) operations");
         let slow_consumer_disconnects = IntCounter::new(
             "switchboard_slow_consumer_disconnects_total",
             "Connections closed because their send queue overflowed",
         );
-        let inbox_stored = IntCounter::new(
-            "switchboard_inbox_stored_total",
-            "Messages written to an inbox",
-        );
+        let inbox_stored = IntCounter::new("switchboard_inbox_stored_total", "Messages written to an inbox");
         let route_gaps = IntCounter::new(
             "switchboard_route_gaps_total",
             "Envelopes from other nodes detected missing by sequence number",
         );
         let build_info = IntGaugeVec::new(
-            Opts::new(
-                "switchboard_build_info",
-                "Build and node of this process, always 1",
-            ),
+            Opts::new("switchboard_build_info", "Build and node of this process, always 1"),
             &["version", "node"],
         );
 
@@ -91,9 +70,7 @@ impl Metrics {
         let metrics = (|| -> prometheus::Result<Self> {
             let messages = messages?;
             let build_info = build_info?;
-            build_info
-                .with_label_values(&[env!("CARGO_PKG_VERSION"), node])
-                .set(1);
+            build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
             let metrics = Self {
                 connections: connections?,
                 connections_total: connections_total?,

@@ -7,14 +7,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use switchboard_protocol::{
-    AcceptStatus, ClientMsgId, Delivery, MsgId, Receipt, ReceiptStatus, UserId,
-};
+use switchboard_protocol::{AcceptStatus, ClientMsgId, Delivery, MsgId, Receipt, ReceiptStatus, UserId};
 use uuid::Uuid;
 
-use crate::{
-    Accepted, Ack, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings,
-};
+use crate::{Accepted, Ack, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings};
 
 pub struct MemoryBackend {
     settings: Settings,
@@ -37,14 +33,7 @@ struct Remembered {
 
 impl MemoryBackend {
     pub fn new(settings: Settings, local: Arc<dyn Local>, counters: Counters) -> Self {
-        Self {
-            settings,
-            epoch: Uuid::now_v7(),
-            local,
-            counters,
-            inboxes: DashMap::new(),
-            sent: DashMap::new(),
-        }
+        Self { settings, epoch: Uuid::now_v7(), local, counters, inboxes: DashMap::new(), sent: DashMap::new() }
     }
 
     pub fn node_id(&self) -> &str {
@@ -67,25 +56,9 @@ impl MemoryBackend {
     pub fn disconnect(&self, _user: &UserId, _conn: Uuid) {}
 
     pub fn send(&self, outgoing: Outgoing) -> Accepted {
-        let Outgoing {
-            from,
-            id,
-            to,
-            body,
-            received_us,
-        } = outgoing;
-        let delivery = Arc::new(Delivery {
-            msg: MsgId::new(),
-            from: from.clone(),
-            to,
-            body,
-            ts: received_us / 1000,
-        });
-        let letter = Letter {
-            delivery,
-            reply_to: id.clone(),
-            received_us,
-        };
+        let Outgoing { from, id, to, body, received_us } = outgoing;
+        let delivery = Arc::new(Delivery { msg: MsgId::new(), from: from.clone(), to, body, ts: received_us / 1000 });
+        let letter = Letter { delivery, reply_to: id.clone(), received_us };
         let Some(id) = id else {
             return self.route(letter);
         };
@@ -94,24 +67,14 @@ impl MemoryBackend {
         // The dedupe entry stays locked while the message is routed, so two
         // concurrent sends with one id cannot both go through.
         let mut entry = self.sent.entry((from, id)).or_insert_with(|| Remembered {
-            accepted: Accepted {
-                msg: letter.delivery.msg,
-                status: AcceptStatus::Stored,
-                duplicate: false,
-            },
+            accepted: Accepted { msg: letter.delivery.msg, status: AcceptStatus::Stored, duplicate: false },
             expires: now,
         });
         if entry.expires > now {
-            return Accepted {
-                duplicate: true,
-                ..entry.accepted
-            };
+            return Accepted { duplicate: true, ..entry.accepted };
         }
         let accepted = self.route(letter);
-        *entry = Remembered {
-            accepted,
-            expires: now + DEDUPE_WINDOW,
-        };
+        *entry = Remembered { accepted, expires: now + DEDUPE_WINDOW };
         accepted
     }
 
@@ -131,11 +94,7 @@ impl MemoryBackend {
                 status
             }
         };
-        Accepted {
-            msg,
-            status,
-            duplicate: false,
-        }
+        Accepted { msg, status, duplicate: false }
     }
 
     fn store(&self, letter: Letter) {
@@ -158,20 +117,13 @@ impl MemoryBackend {
         // the message, and only that one sends a receipt.
         let due = removed || self.settings.mode == Mode::Fast;
         if let (true, Some((sender, id))) = (due, ack.reply) {
-            let receipt = Receipt {
-                id,
-                msg: ack.msg,
-                status: ReceiptStatus::Delivered,
-            };
+            let receipt = Receipt { id, msg: ack.msg, status: ReceiptStatus::Delivered };
             self.local.push(&sender, &Push::Receipt(Arc::new(receipt)));
         }
     }
 
     pub fn online(&self, users: &[UserId]) -> Vec<usize> {
-        users
-            .iter()
-            .map(|user| self.local.connections(user))
-            .collect()
+        users.iter().map(|user| self.local.connections(user)).collect()
     }
 
     pub fn maintain(&self) {
@@ -185,16 +137,10 @@ impl MemoryBackend {
 }
 
 fn reached(connections: usize) -> AcceptStatus {
-    if connections > 0 {
-        AcceptStatus::Routed
-    } else {
-        AcceptStatus::Stored
-    }
+    if connections > 0 { AcceptStatus::Routed } else { AcceptStatus::Stored }
 }
 
 /// Now, in microseconds since the Unix epoch.
 pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -42,11 +42,7 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn bad_frame(id: Option<ClientMsgId>, message: impl Into<String>) -> Self {
-        Self {
-            code: ErrorCode::BadFrame,
-            id,
-            message: message.into(),
-        }
+        Self { code: ErrorCode::BadFrame, id, message: message.into() }
     }
 }
 
@@ -73,17 +69,13 @@ impl Codec {
     pub fn decode(self, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
         match self {
             Self::Json => {
-                let wire: WireFrame<'_, Box<RawValue>> =
-                    serde_json::from_slice(bytes).map_err(|e| {
-                        DecodeError::bad_frame(None, format!("invalid JSON frame: {e}"))
-                    })?;
+                let wire: WireFrame<'_, Box<RawValue>> = serde_json::from_slice(bytes)
+                    .map_err(|e| DecodeError::bad_frame(None, format!("invalid JSON frame: {e}")))?;
                 wire.validate(Body::from_raw)
             }
             Self::MsgPack => {
-                let wire: WireFrame<'_, serde_json::Value> =
-                    rmp_serde::from_slice(bytes).map_err(|e| {
-                        DecodeError::bad_frame(None, format!("invalid MessagePack frame: {e}"))
-                    })?;
+                let wire: WireFrame<'_, serde_json::Value> = rmp_serde::from_slice(bytes)
+                    .map_err(|e| DecodeError::bad_frame(None, format!("invalid MessagePack frame: {e}")))?;
                 wire.validate(|v| Body::from_value(&v))
             }
         }
@@ -101,10 +93,8 @@ impl Codec {
     /// Decodes a server frame; for clients and tests.
     pub fn decode_server(self, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
         match self {
-            Self::Json => serde_json::from_slice(bytes)
-                .map_err(|e| DecodeError::bad_frame(None, e.to_string())),
-            Self::MsgPack => rmp_serde::from_slice(bytes)
-                .map_err(|e| DecodeError::bad_frame(None, e.to_string())),
+            Self::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::bad_frame(None, e.to_string())),
+            Self::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| DecodeError::bad_frame(None, e.to_string())),
         }
     }
 
@@ -150,14 +140,10 @@ impl<B> WireFrame<'_, B> {
         };
         match kind.as_ref() {
             "send" => {
-                let id = self
-                    .id
-                    .ok_or_else(|| DecodeError::bad_frame(None, "missing field `id`"))?;
-                let id = ClientMsgId::parse(&id)
-                    .map_err(|e| DecodeError::bad_frame(None, format!("field `id` {e}")))?;
-                let to = self.to.ok_or_else(|| {
-                    DecodeError::bad_frame(Some(id.clone()), "missing field `to`")
-                })?;
+                let id = self.id.ok_or_else(|| DecodeError::bad_frame(None, "missing field `id`"))?;
+                let id =
+                    ClientMsgId::parse(&id).map_err(|e| DecodeError::bad_frame(None, format!("field `id` {e}")))?;
+                let to = self.to.ok_or_else(|| DecodeError::bad_frame(Some(id.clone()), "missing field `to`"))?;
                 let to = UserId::parse(&to).map_err(|e| DecodeError {
                     code: ErrorCode::InvalidRecipient,
                     id: Some(id.clone()),
@@ -167,18 +153,14 @@ impl<B> WireFrame<'_, B> {
                 Ok(ClientFrame::Send { id, to, body })
             }
             "ack" => {
-                let msg = self
-                    .msg
-                    .ok_or_else(|| DecodeError::bad_frame(None, "missing field `msg`"))?;
-                let msg = MsgId::parse(&msg)
-                    .map_err(|e| DecodeError::bad_frame(None, format!("field `msg` is {e}")))?;
+                let msg = self.msg.ok_or_else(|| DecodeError::bad_frame(None, "missing field `msg`"))?;
+                let msg =
+                    MsgId::parse(&msg).map_err(|e| DecodeError::bad_frame(None, format!("field `msg` is {e}")))?;
                 Ok(ClientFrame::Ack { msg })
             }
             "ping" => Ok(ClientFrame::Ping),
             "presence" => {
-                let users = self
-                    .users
-                    .ok_or_else(|| DecodeError::bad_frame(None, "missing field `users`"))?;
+                let users = self.users.ok_or_else(|| DecodeError::bad_frame(None, "missing field `users`"))?;
                 if users.len() > MAX_PRESENCE_QUERY {
                     return Err(DecodeError {
                         code: ErrorCode::TooLarge,
@@ -190,15 +172,10 @@ impl<B> WireFrame<'_, B> {
                     .iter()
                     .map(|u| UserId::parse(u))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| {
-                        DecodeError::bad_frame(None, format!("field `users`: user id {e}"))
-                    })?;
+                    .map_err(|e| DecodeError::bad_frame(None, format!("field `users`: user id {e}")))?;
                 Ok(ClientFrame::Presence { users })
             }
-            other => Err(DecodeError::bad_frame(
-                None,
-                format!("unknown frame type `{other}`"),
-            )),
+            other => Err(DecodeError::bad_frame(None, format!("unknown frame type `{other}`"))),
         }
     }
 }
@@ -213,12 +190,8 @@ mod tests {
 
     #[test]
     fn decodes_send_and_keeps_body_text() {
-        let frame = json(
-            r#"{"type":"send","id":"c-1","to":"bob","body":{"text":"hi","n":[1,2]},"extra":1}"#,
-        );
-        let Ok(ClientFrame::Send { id, to, body }) = frame else {
-            panic!("{frame:?}")
-        };
+        let frame = json(r#"{"type":"send","id":"c-1","to":"bob","body":{"text":"hi","n":[1,2]},"extra":1}"#);
+        let Ok(ClientFrame::Send { id, to, body }) = frame else { panic!("{frame:?}") };
         assert_eq!(id.as_str(), "c-1");
         assert_eq!(to.as_str(), "bob");
         assert_eq!(body.json(), r#"{"text":"hi","n":[1,2]}"#);
@@ -231,16 +204,10 @@ mod tests {
         assert_eq!(err.id.as_ref().map(ClientMsgId::as_str), Some("c-2"));
 
         let err = json(r#"{"type":"send","id":"c-3","body":1}"#).unwrap_err();
-        assert_eq!(
-            (err.code, err.message.as_str()),
-            (ErrorCode::BadFrame, "missing field `to`")
-        );
+        assert_eq!((err.code, err.message.as_str()), (ErrorCode::BadFrame, "missing field `to`"));
 
         let err = json(r#"{"type":"teleport"}"#).unwrap_err();
-        assert_eq!(
-            (err.code, err.message.as_str()),
-            (ErrorCode::BadFrame, "unknown frame type `teleport`")
-        );
+        assert_eq!((err.code, err.message.as_str()), (ErrorCode::BadFrame, "unknown frame type `teleport`"));
 
         let err = json(r#"{"type":"send","id":"","to":"bob"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadFrame);
@@ -261,9 +228,7 @@ mod tests {
     #[test]
     fn msgpack_frames_are_maps_with_the_same_names() {
         let frame = ServerFrame::Pong;
-        let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else {
-            panic!()
-        };
+        let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!() };
         let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(value, serde_json::json!({"type":"pong"}));
     }

@@ -73,18 +73,10 @@ impl<'de> Deserialize<'de> for Body {
 /// A frame from a client, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientFrame {
-    Send {
-        id: ClientMsgId,
-        to: UserId,
-        body: Body,
-    },
-    Ack {
-        msg: MsgId,
-    },
+    Send { id: ClientMsgId, to: UserId, body: Body },
+    Ack { msg: MsgId },
     Ping,
-    Presence {
-        users: Vec<UserId>,
-    },
+    Presence { users: Vec<UserId> },
 }
 
 /// What the server did with an accepted message.

@@ -29,13 +29,9 @@ impl UserId {
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
         if s.is_empty() || s.len() > Self::MAX_LEN {
-            return Err(IdError::Length {
-                min: 1,
-                max: Self::MAX_LEN,
-            });
+            return Err(IdError::Length { min: 1, max: Self::MAX_LEN });
         }
-        let allowed =
-            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-');
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-');
         if !s.bytes().all(allowed) {
             return Err(IdError::Charset);
         }
@@ -56,10 +52,7 @@ impl ClientMsgId {
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
         if s.is_empty() || s.len() > Self::MAX_LEN {
-            return Err(IdError::Length {
-                min: 1,
-                max: Self::MAX_LEN,
-            });
+            return Err(IdError::Length { min: 1, max: Self::MAX_LEN });
         }
         Ok(Self(Arc::from(s)))
     }
@@ -169,10 +162,7 @@ mod tests {
         assert!(UserId::parse("a.b:c@d-e_f9").is_ok());
         assert!(UserId::parse(&"x".repeat(128)).is_ok());
         assert_eq!(UserId::parse(""), Err(IdError::Length { min: 1, max: 128 }));
-        assert_eq!(
-            UserId::parse(&"x".repeat(129)),
-            Err(IdError::Length { min: 1, max: 128 })
-        );
+        assert_eq!(UserId::parse(&"x".repeat(129)), Err(IdError::Length { min: 1, max: 128 }));
         assert_eq!(UserId::parse("bob smith"), Err(IdError::Charset));
         assert_eq!(UserId::parse("bób"), Err(IdError::Charset));
         assert_eq!(UserId::parse("a/b"), Err(IdError::Charset));

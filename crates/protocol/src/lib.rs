@@ -12,8 +12,5 @@ mod ids;
 
 pub use codec::{Codec, DecodeError, Encoded, MAX_PRESENCE_QUERY};
 pub use envelope::{Envelope, EnvelopeError, Routed};
-pub use frame::{
-    AcceptStatus, Body, ClientFrame, Delivery, ErrorCode, Receipt, ReceiptStatus, ServerFrame,
-    Welcome,
-};
+pub use frame::{AcceptStatus, Body, ClientFrame, Delivery, ErrorCode, Receipt, ReceiptStatus, ServerFrame, Welcome};
 pub use ids::{ClientMsgId, IdError, MsgId, UserId};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use switchboard_protocol::{
-    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, ErrorCode,
-    MsgId, Receipt, ReceiptStatus, Routed, ServerFrame, UserId,
+    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, ErrorCode, MsgId, Receipt,
+    ReceiptStatus, Routed, ServerFrame, UserId,
 };
 
 fn user() -> impl Strategy<Value = UserId> {
@@ -55,23 +55,17 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
 }
 
 fn delivery() -> impl Strategy<Value = Delivery> {
-    (msg_id(), user(), user(), body(), any::<u64>()).prop_map(|(msg, from, to, body, ts)| {
-        Delivery {
-            msg,
-            from,
-            to,
-            body,
-            ts,
-        }
+    (msg_id(), user(), user(), body(), any::<u64>()).prop_map(|(msg, from, to, body, ts)| Delivery {
+        msg,
+        from,
+        to,
+        body,
+        ts,
     })
 }
 
 fn receipt() -> impl Strategy<Value = Receipt> {
-    (client_id(), msg_id()).prop_map(|(id, msg)| Receipt {
-        id,
-        msg,
-        status: ReceiptStatus::Delivered,
-    })
+    (client_id(), msg_id()).prop_map(|(id, msg)| Receipt { id, msg, status: ReceiptStatus::Delivered })
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -87,23 +81,12 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
         (client_id(), msg_id(), any::<bool>()).prop_map(|(id, msg, routed)| {
-            ServerFrame::Accepted {
-                id,
-                msg,
-                status: if routed {
-                    AcceptStatus::Routed
-                } else {
-                    AcceptStatus::Stored
-                },
-            }
+            ServerFrame::Accepted { id, msg, status: if routed { AcceptStatus::Routed } else { AcceptStatus::Stored } }
         }),
         delivery().prop_map(|d| ServerFrame::Message(Arc::new(d))),
         receipt().prop_map(|r| ServerFrame::Receipt(Arc::new(r))),
-        prop::collection::btree_map(user(), any::<bool>(), 0..10).prop_map(|online| {
-            ServerFrame::Presence {
-                online: online.into_iter().collect::<BTreeMap<_, _>>(),
-            }
-        }),
+        prop::collection::btree_map(user(), any::<bool>(), 0..10)
+            .prop_map(|online| { ServerFrame::Presence { online: online.into_iter().collect::<BTreeMap<_, _>>() } }),
         Just(ServerFrame::Pong),
         (prop::option::of(client_id()), error_code(), "\\PC{0,40}")
             .prop_map(|(id, code, message)| ServerFrame::Error { id, code, message }),
@@ -112,13 +95,8 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
 
 fn routed() -> impl Strategy<Value = Routed> {
     prop_oneof![
-        (delivery(), prop::option::of(client_id()), any::<u64>()).prop_map(
-            |(delivery, reply_to, received_us)| Routed::Deliver {
-                delivery,
-                reply_to,
-                received_us
-            }
-        ),
+        (delivery(), prop::option::of(client_id()), any::<u64>())
+            .prop_map(|(delivery, reply_to, received_us)| Routed::Deliver { delivery, reply_to, received_us }),
         (user(), receipt()).prop_map(|(to, receipt)| Routed::Receipt { to, receipt }),
         Just(Routed::Probe),
     ]
@@ -188,13 +166,8 @@ fn cross_codec_bodies_agree() {
         body,
         ts: 1,
     }));
-    let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else {
-        panic!("msgpack is binary")
-    };
+    let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!("msgpack is binary") };
     let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
-    assert_eq!(
-        value["body"],
-        serde_json::json!({"text":"hi","n":[1,-2,3.5],"ok":true,"none":null})
-    );
+    assert_eq!(value["body"], serde_json::json!({"text":"hi","n":[1,-2,3.5],"ok":true,"none":null}));
     assert_eq!(value["type"], "message");
 }

@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::{
-    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, MsgId, ServerFrame,
-    UserId, Welcome,
+    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, MsgId, ServerFrame, UserId, Welcome,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -56,9 +55,7 @@ impl Client {
             protocols: vec![codec.protocol().to_owned()],
             ..Connect::default()
         };
-        Self::open(url, connect)
-            .await
-            .unwrap_or_else(|e| panic!("connect as {user}: {e:?}"))
+        Self::open(url, connect).await.unwrap_or_else(|e| panic!("connect as {user}: {e:?}"))
     }
 
     /// Opens a connection and reads the `welcome` frame.
@@ -67,55 +64,39 @@ impl Client {
             Some(query) => format!("{url}?{query}"),
             None => url.to_owned(),
         };
-        let mut request = url
-            .into_client_request()
-            .map_err(|e| ConnectError::Other(e.to_string()))?;
+        let mut request = url.into_client_request().map_err(|e| ConnectError::Other(e.to_string()))?;
         let headers = request.headers_mut();
         if let Some(token) = &connect.bearer {
             headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         if !connect.protocols.is_empty() {
-            headers.insert(
-                "sec-websocket-protocol",
-                connect.protocols.join(", ").parse().unwrap(),
-            );
+            headers.insert("sec-websocket-protocol", connect.protocols.join(", ").parse().unwrap());
         }
         for (name, value) in &connect.headers {
-            headers.insert(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
+            headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
-        let config = WebSocketConfig::default()
-            .max_message_size(None)
-            .max_frame_size(None);
-        let (ws, response) = within(
-            "the upgrade",
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
-        )
-        .await
-        .map_err(|e| match e {
-            WsError::Http(response) => ConnectError::Http {
-                status: response.status().as_u16(),
-                body: response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default(),
-            },
-            other => ConnectError::Other(other.to_string()),
-        })?;
+        let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let (ws, response) =
+            within("the upgrade", tokio_tungstenite::connect_async_with_config(request, Some(config), true))
+                .await
+                .map_err(|e| match e {
+                    WsError::Http(response) => ConnectError::Http {
+                        status: response.status().as_u16(),
+                        body: response
+                            .body()
+                            .as_ref()
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .unwrap_or_default(),
+                    },
+                    other => ConnectError::Other(other.to_string()),
+                })?;
         let codec = response
             .headers()
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok())
             .and_then(Codec::from_protocol)
             .unwrap_or(Codec::Json);
-        let mut client = Self {
-            ws,
-            codec,
-            welcome: placeholder_welcome(),
-        };
+        let mut client = Self { ws, codec, welcome: placeholder_welcome() };
         match client.recv().await {
             ServerFrame::Welcome(welcome) => client.welcome = welcome,
             other => panic!("expected welcome, got {other:?}"),
@@ -145,12 +126,7 @@ impl Client {
     }
 
     /// Sends a message and returns the server's `accepted` answer.
-    pub async fn send_message(
-        &mut self,
-        id: &str,
-        to: &str,
-        body: serde_json::Value,
-    ) -> (MsgId, AcceptStatus) {
+    pub async fn send_message(&mut self, id: &str, to: &str, body: serde_json::Value) -> (MsgId, AcceptStatus) {
         self.send(&ClientFrame::Send {
             id: ClientMsgId::parse(id).unwrap(),
             to: UserId::parse(to).unwrap(),
@@ -158,11 +134,7 @@ impl Client {
         })
         .await;
         match self.recv().await {
-            ServerFrame::Accepted {
-                id: got,
-                msg,
-                status,
-            } if got.as_str() == id => (msg, status),
+            ServerFrame::Accepted { id: got, msg, status } if got.as_str() == id => (msg, status),
             other => panic!("expected accepted for {id}, got {other:?}"),
         }
     }
@@ -181,10 +153,7 @@ impl Client {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a data frame, got {other:?}"),
             };
-            return self
-                .codec
-                .decode_server(&bytes)
-                .unwrap_or_else(|e| panic!("undecodable frame: {e}"));
+            return self.codec.decode_server(&bytes).unwrap_or_else(|e| panic!("undecodable frame: {e}"));
         }
     }
 
@@ -203,17 +172,10 @@ impl Client {
         loop {
             match within("the close frame", self.ws.next()).await {
                 Some(Ok(Message::Close(frame))) => {
-                    return (
-                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
-                        frames,
-                    );
+                    return (frame.map(|f| (u16::from(f.code), f.reason.to_string())), frames);
                 }
-                Some(Ok(Message::Text(text))) => {
-                    frames.push(self.codec.decode_server(text.as_bytes()).unwrap())
-                }
-                Some(Ok(Message::Binary(bytes))) => {
-                    frames.push(self.codec.decode_server(&bytes).unwrap())
-                }
+                Some(Ok(Message::Text(text))) => frames.push(self.codec.decode_server(text.as_bytes()).unwrap()),
+                Some(Ok(Message::Binary(bytes))) => frames.push(self.codec.decode_server(&bytes).unwrap()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
                 None => return (None, frames),

@@ -43,25 +43,14 @@ pub async fn request(
     body: Bytes,
 ) -> HttpResponse {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
+    let mut builder = Request::builder().method(method).uri(path).header("host", addr.to_string());
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    let response = sender
-        .send_request(builder.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
+    let response = sender.send_request(builder.body(Full::new(body)).unwrap()).await.unwrap();
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    HttpResponse {
-        status,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    HttpResponse { status, body: String::from_utf8_lossy(&bytes).into_owned() }
 }

@@ -25,10 +25,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A valid client token for `user`, signed with [`SECRET`].
 pub fn token(user: &str) -> String {
-    sign(
-        &serde_json::json!({ "sub": user, "exp": now_secs() + 3600 }),
-        SECRET,
-    )
+    sign(&serde_json::json!({ "sub": user, "exp": now_secs() + 3600 }), SECRET)
 }
 
 /// Any claims, signed HS256 with `secret`.
@@ -38,10 +35,7 @@ pub fn sign(claims: &serde_json::Value, secret: &str) -> String {
 }
 
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// Awaits `future`, failing the test with `what` if it takes past [`DEADLINE`].

@@ -35,18 +35,11 @@ impl NodeProcess {
     /// Starts a node with the test secret on free ports plus `args`, and
     /// waits until it listens.
     pub async fn start(args: &[&str]) -> Self {
-        let mut all: Vec<String> = [
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            SECRET,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut all: Vec<String> =
+            ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--jwt-secret", SECRET]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
         all.extend(args.iter().map(|s| (*s).to_owned()));
         Self::start_exact(all).await
     }
@@ -55,10 +48,7 @@ impl NodeProcess {
     pub async fn start_exact(args: Vec<String>) -> Self {
         let mut child = Command::new(switchboard_bin())
             .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
+            .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -67,25 +57,15 @@ impl NodeProcess {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", switchboard_bin().display()));
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = within("the node to listen", lines.next_line())
-            .await
-            .unwrap()
-            .unwrap_or_default();
+        let line = within("the node to listen", lines.next_line()).await.unwrap().unwrap_or_default();
         let addr = |key: &str| -> SocketAddr {
             let value = line.split_whitespace().find_map(|w| w.strip_prefix(key));
-            value
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in {line:?}"))
         };
         let (public, metrics) = (addr("public="), addr("metrics="));
         // Keep draining stdout so the node never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            child,
-            public,
-            metrics,
-            args,
-        }
+        Self { child, public, metrics, args }
     }
 
     pub fn ws_url(&self) -> String {
@@ -98,12 +78,7 @@ impl NodeProcess {
 
     /// Sends SIGTERM: the node drains.
     pub async fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .await
-            .unwrap();
+        let status = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().await.unwrap();
         assert!(status.success(), "kill -TERM failed");
     }
 
@@ -114,9 +89,6 @@ impl NodeProcess {
 
     /// Waits for the process to exit; its exit code.
     pub async fn wait(&mut self) -> Option<i32> {
-        within("the node to exit", self.child.wait())
-            .await
-            .unwrap()
-            .code()
+        within("the node to exit", self.child.wait()).await.unwrap().code()
     }
 }

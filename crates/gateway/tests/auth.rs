@@ -1,0 +1,91 @@
+//! Who may connect: every refusal happens before the upgrade, with 401.
+
+#![allow(clippy::unwrap_used)]
+
+use switchboard_protocol::Codec;
+use switchboard_testkit::{Client, Connect, ConnectError, NodeProcess, SECRET, now_secs, sign, token};
+
+async fn refused(node: &NodeProcess, connect: Connect) -> (u16, serde_json::Value) {
+    match Client::open(&node.ws_url(), connect).await {
+        Err(ConnectError::Http { status, body }) => (status, serde_json::from_str(&body).unwrap_or_default()),
+        Err(other) => panic!("expected an HTTP refusal, got {other:?}"),
+        Ok(client) => panic!("expected a refusal, connected as {:?}", client.welcome.user),
+    }
+}
+
+fn bearer(token: String) -> Connect {
+    Connect { bearer: Some(token), ..Connect::default() }
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_before_the_upgrade() {
+    let node = NodeProcess::start(&[]).await;
+    let exp = now_secs() + 600;
+    let alg_none = {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&format!(r#"{{"sub":"alice","exp":{exp}}}"#)))
+    };
+    let cases = [
+        ("no token", Connect::default()),
+        ("expired", bearer(sign(&serde_json::json!({"sub":"alice","exp": now_secs() - 600}), SECRET))),
+        ("no exp", bearer(sign(&serde_json::json!({"sub":"alice"}), SECRET))),
+        ("forged", bearer(sign(&serde_json::json!({"sub":"alice","exp": exp}), "not-the-secret"))),
+        ("alg none", bearer(alg_none)),
+        ("garbage", bearer("a.b.c".to_owned())),
+        ("bad sub", bearer(sign(&serde_json::json!({"sub":"alice smith","exp": exp}), SECRET))),
+        ("long sub", bearer(sign(&serde_json::json!({"sub":"a".repeat(129),"exp": exp}), SECRET))),
+        ("dev auth off", Connect { query: Some("user=alice".to_owned()), ..Connect::default() }),
+    ];
+    for (case, connect) in cases {
+        let (status, body) = refused(&node, connect).await;
+        assert_eq!((case, status, body["error"].as_str()), (case, 401, Some("unauthorized")), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_work_in_the_header_or_the_query() {
+    let node = NodeProcess::start(&[]).await;
+    let by_header = Client::open(&node.ws_url(), bearer(token("alice"))).await.unwrap();
+    assert_eq!(by_header.welcome.user.as_str(), "alice");
+    let query = Connect { query: Some(format!("token={}", token("bob"))), ..Connect::default() };
+    let by_query = Client::open(&node.ws_url(), query).await.unwrap();
+    assert_eq!((by_query.welcome.user.as_str(), by_query.codec), ("bob", Codec::Json));
+}
+
+#[tokio::test]
+async fn dev_insecure_auth_takes_the_user_from_the_query() {
+    let node = NodeProcess::start(&["--dev-insecure-auth"]).await;
+    let dev = Connect { query: Some("user=carol%40example".to_owned()), ..Connect::default() };
+    let client = Client::open(&node.ws_url(), dev).await.unwrap();
+    assert_eq!(client.welcome.user.as_str(), "carol@example");
+    let bad = Connect { query: Some("user=carol%20x".to_owned()), ..Connect::default() };
+    assert_eq!(refused(&node, bad).await.0, 401);
+}
+
+#[tokio::test]
+async fn subprotocols_are_negotiated() {
+    let node = NodeProcess::start(&[]).await;
+    let offer = |protocols: &[&str]| Connect {
+        bearer: Some(token("alice")),
+        protocols: protocols.iter().map(|p| (*p).to_owned()).collect(),
+        ..Connect::default()
+    };
+    let both = Client::open(&node.ws_url(), offer(&["switchboard.v1.msgpack", "switchboard.v1.json"])).await.unwrap();
+    assert_eq!(both.codec, Codec::MsgPack);
+    let (status, body) = refused(&node, offer(&["mqtt"])).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_protocol")));
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_plain_requests_to_ws_get_400() {
+    let node = NodeProcess::start(&[]).await;
+    let huge = Connect {
+        bearer: Some(token("alice")),
+        headers: vec![("x-padding".to_owned(), "p".repeat(9000))],
+        ..Connect::default()
+    };
+    assert_eq!(refused(&node, huge).await.0, 431);
+    let plain = switchboard_testkit::get(node.public, "/ws", &[]).await;
+    assert_eq!((plain.status, plain.json()["error"].as_str()), (400, Some("not_websocket")));
+}
