@@ -14,8 +14,10 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
-    #[error("invalid user id in token: {0}")]
+    #[error("invalid user id: {0}")]
     BadSubject(IdError),
+    #[error("tokens are not accepted: this node has no jwt-secret")]
+    NoSecret,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,7 +52,7 @@ impl Authenticator {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_owned());
         if let Some(token) = bearer.or_else(|| query_value("token").map(|t| t.into_owned())) {
-            let key = self.key.as_ref().ok_or(AuthError::Missing)?;
+            let key = self.key.as_ref().ok_or(AuthError::NoSecret)?;
             let claims = jsonwebtoken::decode::<Claims>(&token, key, &self.validation)?.claims;
             return UserId::parse(&claims.sub).map_err(AuthError::BadSubject);
         }

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Redis URL; unset runs a single node with an in-process backend.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "sb:")]
+    pub redis_prefix: String,
     /// This node's id in Redis keys and channels [default: host name + random suffix].
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
@@ -120,6 +123,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub redis_url: Option<String>,
+    pub redis_prefix: String,
     pub node_id: String,
     pub node_ttl: Duration,
     pub jwt_secret: Option<String>,
@@ -190,6 +194,15 @@ impl ServeArgs {
         if self.max_connections == 0 {
             return bad("max-connections", "must be at least 1");
         }
+        if let Some(url) = &self.redis_url {
+            let schemes = ["redis://", "rediss://", "redis-sentinel://", "redis-cluster://"];
+            if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+                return bad("redis-url", "must start with redis://, rediss://, redis-sentinel:// or redis-cluster://");
+            }
+        }
+        if self.redis_prefix.contains(['{', '}']) {
+            return bad("redis-prefix", "must not contain braces");
+        }
         let node_id = match self.node_id {
             Some(id)
                 if id.is_empty()
@@ -205,6 +218,7 @@ impl ServeArgs {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             redis_url: self.redis_url,
+            redis_prefix: self.redis_prefix,
             node_id,
             node_ttl: self.node_ttl,
             jwt_secret: self.jwt_secret,

@@ -105,8 +105,9 @@ struct Connection<S> {
     last_heard: Instant,
     /// Replayed from the inbox: skipped if the same message also arrives live.
     replayed: HashSet<MsgId>,
-    /// Delivered and not yet acked: who to send the receipt to.
-    unacked: BTreeMap<MsgId, (UserId, ClientMsgId)>,
+    /// Delivered and not yet acked: for the ack, and to skip a message the
+    /// backend hands over again after a repair.
+    unacked: BTreeMap<MsgId, Letter>,
 }
 
 impl<S> Connection<S>
@@ -188,8 +189,9 @@ where
         while let Some(push) = next {
             match push {
                 Push::Message(letter) => {
-                    if self.replayed.remove(&letter.delivery.msg) {
-                        // Already written by the replay.
+                    let msg = letter.delivery.msg;
+                    if self.replayed.remove(&msg) || self.unacked.contains_key(&msg) {
+                        // Already written, by the replay or live.
                     } else {
                         self.remember(&letter);
                         let received_us = letter.received_us;
@@ -207,13 +209,11 @@ where
         self.flush().await
     }
 
-    /// Remembers who sent a delivered message, for the receipt on ack.
+    /// Remembers a delivered message until it is acked.
     fn remember(&mut self, letter: &Letter) {
-        if let Some(reply_to) = &letter.reply_to {
-            self.unacked.insert(letter.delivery.msg, (letter.delivery.from.clone(), reply_to.clone()));
-            if self.unacked.len() > UNACKED_CAP {
-                self.unacked.pop_first();
-            }
+        self.unacked.insert(letter.delivery.msg, letter.clone());
+        if self.unacked.len() > UNACKED_CAP {
+            self.unacked.pop_first();
         }
     }
 
@@ -239,23 +239,25 @@ where
                 return Ok(());
             }
         };
-        match decoded {
-            Ok(ClientFrame::Ack { msg }) => self.ack(msg).await,
-            Ok(frame) => match self.limit.check(Instant::now()) {
-                Verdict::Allow => self.handle(frame).await,
-                Verdict::Limited => {
-                    let id = match frame {
-                        ClientFrame::Send { id, .. } => {
-                            self.node.metrics.messages_in_rejected.inc();
-                            Some(id)
-                        }
-                        _ => None,
-                    };
-                    self.error(id, ErrorCode::RateLimited, "over the rate limit: slow down").await
+        // Acks are as many as the messages this node delivered; every other
+        // frame, malformed ones too, counts against the rate limit.
+        if let Ok(ClientFrame::Ack { msg }) = decoded {
+            return self.ack(msg).await;
+        }
+        match (self.limit.check(Instant::now()), decoded) {
+            (Verdict::Abuse, _) => Err(End::Abuse),
+            (Verdict::Allow, Ok(frame)) => self.handle(frame).await,
+            (Verdict::Limited, frame) => {
+                let id = match frame {
+                    Ok(ClientFrame::Send { id, .. }) | Err(DecodeError { id: Some(id), .. }) => Some(id),
+                    _ => None,
+                };
+                if id.is_some() {
+                    self.node.metrics.messages_in_rejected.inc();
                 }
-                Verdict::Abuse => Err(End::Abuse),
-            },
-            Err(DecodeError { code, id, message }) => {
+                self.error(id, ErrorCode::RateLimited, "over the rate limit: slow down").await
+            }
+            (Verdict::Allow, Err(DecodeError { code, id, message })) => {
                 if id.is_some() {
                     self.node.metrics.messages_in_rejected.inc();
                 }
@@ -310,8 +312,8 @@ where
     }
 
     async fn ack(&mut self, msg: MsgId) -> Result<(), End> {
-        let reply = self.unacked.remove(&msg);
-        let ack = Ack { user: self.session.user.clone(), msg, reply };
+        let letter = self.unacked.remove(&msg);
+        let ack = Ack { user: self.session.user.clone(), msg, letter };
         if let Err(error) = self.node.backend.ack(ack).await {
             self.node.metrics.redis_errors.inc();
             tracing::warn!(%error, "ack not recorded");

@@ -109,6 +109,13 @@ impl Local for Hub {
     fn connections(&self, user: &UserId) -> usize {
         self.users.get(user).map_or(0, |outboxes| outboxes.len())
     }
+
+    fn registrations(&self) -> Vec<(UserId, Uuid)> {
+        self.users
+            .iter()
+            .flat_map(|entry| entry.value().iter().map(|o| (entry.key().clone(), o.conn)).collect::<Vec<_>>())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +131,7 @@ mod tests {
         let body = Body::from_json(&format!("\"{}\"", "x".repeat(body_len))).unwrap();
         let user = UserId::parse("bob").unwrap();
         let delivery = Delivery { msg: MsgId::new(), from: user.clone(), to: user, body, ts: 0 };
-        Push::Message(Letter { delivery: Arc::new(delivery), reply_to: None, received_us: 0 })
+        Push::Message(Letter { delivery: Arc::new(delivery), reply_to: None, received_us: 0, stored_as: None })
     }
 
     #[tokio::test]

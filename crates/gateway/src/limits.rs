@@ -68,8 +68,9 @@ mod tests {
         let later = start + Duration::from_millis(100);
         assert_eq!(limit.check(later), Verdict::Allow);
         assert_eq!(limit.check(later), Verdict::Limited);
-        // 100 refusals (ten times the rate) within one second: abuse.
-        let verdicts: Vec<_> = (0..98).map(|_| limit.check(later)).collect();
+        // 100 refusals (ten times the rate) within one second: abuse. Two
+        // refusals so far, so 97 more are refused and the next is abuse.
+        let verdicts: Vec<_> = (0..97).map(|_| limit.check(later)).collect();
         assert!(verdicts.iter().all(|v| *v == Verdict::Limited));
         assert_eq!(limit.check(later), Verdict::Abuse);
     }

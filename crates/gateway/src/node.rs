@@ -21,13 +21,10 @@ use crate::config::Config;
 use crate::http;
 use crate::hub::Hub;
 
-/// How often the backend's upkeep runs.
-const UPKEEP_EVERY: Duration = Duration::from_secs(1);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cluster mode (--redis-url) is not available in this build")]
-    RedisUnsupported,
+    #[error("cannot start the backend: {0}")]
+    Backend(#[from] switchboard_presence::BackendError),
 }
 
 /// What every connection and request of a node shares.
@@ -67,9 +64,6 @@ pub async fn serve(
     metrics_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    if config.redis_url.is_some() {
-        return Err(ServeError::RedisUnsupported);
-    }
     let metrics = Metrics::new(&config.node_id);
     let hub = Arc::new(Hub::default());
     let counters = Counters {
@@ -82,8 +76,13 @@ pub async fn serve(
         mode: config.mode,
         inbox_max_len: config.inbox_max_len,
         inbox_ttl: config.inbox_ttl,
+        node_ttl: config.node_ttl,
+        prefix: config.redis_prefix.clone(),
     };
-    let backend = Backend::memory(settings, hub.clone(), counters);
+    let backend = match &config.redis_url {
+        Some(url) => Backend::redis(url, settings, hub.clone(), counters).await?,
+        None => Backend::memory(settings, hub.clone(), counters),
+    };
     if config.dev_insecure_auth {
         tracing::warn!("INSECURE: --dev-insecure-auth accepts ?user=ID without a token; never use it in production");
     }
@@ -98,13 +97,12 @@ pub async fn serve(
         abort: CancellationToken::new(),
         connections: TaskTracker::new(),
     });
-    tracing::info!(node = %node.backend.node_id(), mode = ?node.config.mode, "serving");
+    tracing::info!(node = %node.backend.node_id(), mode = ?node.config.mode, redis = node.config.redis_url.is_some(), "serving");
 
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(http::accept(public, node.clone(), stop.clone()));
     background.spawn(switchboard_metrics::serve(metrics_listener, node.metrics.clone(), stop.clone()));
-    background.spawn(upkeep(node.clone(), stop.clone()));
     background.close();
 
     shutdown.await;
@@ -117,18 +115,9 @@ pub async fn serve(
         node.abort.cancel();
         node.connections.wait().await;
     }
+    node.backend.shutdown().await;
     stop.cancel();
     background.wait().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn upkeep(node: Arc<Node>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(UPKEEP_EVERY);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => node.backend.maintain().await,
-        }
-    }
 }

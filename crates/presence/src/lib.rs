@@ -7,19 +7,21 @@
 //! trait, which the gateway implements.
 //!
 //! Two implementations sit behind one type: an in-process one for a single
-//! node (no Redis needed), and one over Redis for a cluster.
+//! node (no Redis needed), and one over Redis for a cluster. Each owns its
+//! background tasks and ends them in [`Backend::shutdown`].
 
+mod keys;
 mod memory;
-
-pub use memory::unix_micros;
+mod redis;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, Delivery, MsgId, Receipt, UserId};
 use uuid::Uuid;
 
 pub use memory::MemoryBackend;
+pub use redis::RedisBackend;
 
 /// When a message is written to the recipient's inbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +41,10 @@ pub struct Settings {
     pub mode: Mode,
     pub inbox_max_len: usize,
     pub inbox_ttl: Duration,
+    /// A node whose liveness key is older than this is dead.
+    pub node_ttl: Duration,
+    /// Prefix of every Redis key and channel.
+    pub prefix: String,
 }
 
 /// The counters a backend moves; registered by the caller.
@@ -51,8 +57,10 @@ pub struct Counters {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("backend unavailable: {0}")]
-    Unavailable(String),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("stored state is malformed: {0}")]
+    Corrupt(String),
 }
 
 /// A message on its way to its recipient's connections.
@@ -65,6 +73,8 @@ pub struct Letter {
     /// When the sender's node received it (Unix microseconds), for the
     /// routing latency histogram.
     pub received_us: u64,
+    /// Its entry in the recipient's inbox, when the backend stored it there.
+    pub stored_as: Option<Arc<str>>,
 }
 
 /// What the backend hands to a local connection.
@@ -80,6 +90,8 @@ pub trait Local: Send + Sync + 'static {
     fn push(&self, user: &UserId, push: &Push) -> usize;
     /// How many connections `user` has on this node.
     fn connections(&self, user: &UserId) -> usize;
+    /// Every local connection, to register again after Redis lost them.
+    fn registrations(&self) -> Vec<(UserId, Uuid)>;
 }
 
 /// A message as a sender hands it in.
@@ -108,24 +120,38 @@ pub struct Accepted {
 pub struct Ack {
     pub user: UserId,
     pub msg: MsgId,
-    /// The original sender and its `send` id, when a receipt is due.
-    pub reply: Option<(UserId, ClientMsgId)>,
+    /// The acked message as this connection received it, when it knows it:
+    /// whom to send the receipt, and where the message is stored.
+    pub letter: Option<Letter>,
 }
 
 /// The backend of one node.
 pub enum Backend {
     Memory(MemoryBackend),
+    Redis(RedisBackend),
 }
 
 impl Backend {
     /// The single-node backend: everything in this process.
     pub fn memory(settings: Settings, local: Arc<dyn Local>, counters: Counters) -> Self {
-        Self::Memory(MemoryBackend::new(settings, local, counters))
+        Self::Memory(MemoryBackend::start(settings, local, counters))
+    }
+
+    /// The cluster backend over the Redis at `url`; fails when Redis cannot
+    /// be reached at start.
+    pub async fn redis(
+        url: &str,
+        settings: Settings,
+        local: Arc<dyn Local>,
+        counters: Counters,
+    ) -> Result<Self, BackendError> {
+        Ok(Self::Redis(RedisBackend::start(url, settings, local, counters).await?))
     }
 
     pub fn node_id(&self) -> &str {
         match self {
             Self::Memory(m) => m.node_id(),
+            Self::Redis(r) => r.node_id(),
         }
     }
 
@@ -133,13 +159,16 @@ impl Backend {
     pub fn epoch(&self) -> Uuid {
         match self {
             Self::Memory(m) => m.epoch(),
+            Self::Redis(r) => r.epoch(),
         }
     }
 
-    /// Whether this node can take traffic: registered and reachable.
+    /// Whether this node can take traffic: registered, reachable, and its
+    /// own channel delivers.
     pub fn is_ready(&self) -> bool {
         match self {
             Self::Memory(_) => true,
+            Self::Redis(r) => r.is_ready(),
         }
     }
 
@@ -148,16 +177,15 @@ impl Backend {
     /// accepted meanwhile reaches the connection live or by the inbox.
     pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Vec<Letter>, BackendError> {
         match self {
-            Self::Memory(m) => Ok(m.connect(user, conn)),
+            Self::Memory(m) => Ok(m.connect(user)),
+            Self::Redis(r) => r.connect(user, conn).await,
         }
     }
 
     pub async fn disconnect(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
         match self {
-            Self::Memory(m) => {
-                m.disconnect(user, conn);
-                Ok(())
-            }
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.disconnect(user, conn).await,
         }
     }
 
@@ -166,6 +194,7 @@ impl Backend {
     pub async fn send(&self, outgoing: Outgoing) -> Result<Accepted, BackendError> {
         match self {
             Self::Memory(m) => Ok(m.send(outgoing)),
+            Self::Redis(r) => r.send(outgoing).await,
         }
     }
 
@@ -176,6 +205,7 @@ impl Backend {
                 m.ack(ack);
                 Ok(())
             }
+            Self::Redis(r) => r.ack(ack).await,
         }
     }
 
@@ -183,13 +213,28 @@ impl Backend {
     pub async fn online(&self, users: &[UserId]) -> Result<Vec<usize>, BackendError> {
         match self {
             Self::Memory(m) => Ok(m.online(users)),
+            Self::Redis(r) => r.online(users).await,
         }
     }
 
-    /// Periodic upkeep: expiry of inboxes and dedupe records.
-    pub async fn maintain(&self) {
+    /// Ends the background tasks and removes this node from presence.
+    pub async fn shutdown(&self) {
         match self {
-            Self::Memory(m) => m.maintain(),
+            Self::Memory(m) => m.shutdown().await,
+            Self::Redis(r) => r.shutdown().await,
         }
     }
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn reached(connections: usize) -> AcceptStatus {
+    if connections > 0 { AcceptStatus::Routed } else { AcceptStatus::Stored }
+}
+
+fn receipt_for(msg: MsgId, reply_to: ClientMsgId) -> Push {
+    Push::Receipt(Arc::new(Receipt { id: reply_to, msg, status: switchboard_protocol::ReceiptStatus::Delivered }))
 }

@@ -4,15 +4,28 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use switchboard_protocol::{AcceptStatus, ClientMsgId, Delivery, MsgId, Receipt, ReceiptStatus, UserId};
+use switchboard_protocol::{AcceptStatus, ClientMsgId, Delivery, MsgId, UserId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::{Accepted, Ack, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings};
+use crate::{
+    Accepted, Ack, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings, reached, receipt_for,
+};
+
+/// How often expired inbox entries and dedupe records are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 pub struct MemoryBackend {
+    state: Arc<State>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct State {
     settings: Settings,
     epoch: Uuid,
     local: Arc<dyn Local>,
@@ -32,36 +45,71 @@ struct Remembered {
 }
 
 impl MemoryBackend {
-    pub fn new(settings: Settings, local: Arc<dyn Local>, counters: Counters) -> Self {
-        Self { settings, epoch: Uuid::now_v7(), local, counters, inboxes: DashMap::new(), sent: DashMap::new() }
+    pub fn start(settings: Settings, local: Arc<dyn Local>, counters: Counters) -> Self {
+        let state = Arc::new(State {
+            settings,
+            epoch: Uuid::now_v7(),
+            local,
+            counters,
+            inboxes: DashMap::new(),
+            sent: DashMap::new(),
+        });
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(sweep(state.clone(), stop.clone()));
+        tasks.close();
+        Self { state, stop, tasks }
     }
 
     pub fn node_id(&self) -> &str {
-        &self.settings.node_id
+        &self.state.settings.node_id
     }
 
     pub fn epoch(&self) -> Uuid {
-        self.epoch
+        self.state.epoch
     }
 
-    pub fn connect(&self, user: &UserId, _conn: Uuid) -> Vec<Letter> {
+    pub fn connect(&self, user: &UserId) -> Vec<Letter> {
         let now = Instant::now();
-        let Some(mut inbox) = self.inboxes.get_mut(user) else {
-            return Vec::new();
-        };
+        let Some(mut inbox) = self.state.inboxes.get_mut(user) else { return Vec::new() };
         inbox.retain(|kept| kept.expires > now);
         inbox.iter().map(|kept| kept.letter.clone()).collect()
     }
 
-    pub fn disconnect(&self, _user: &UserId, _conn: Uuid) {}
-
     pub fn send(&self, outgoing: Outgoing) -> Accepted {
+        self.state.send(outgoing)
+    }
+
+    pub fn ack(&self, ack: Ack) {
+        self.state.ack(ack);
+    }
+
+    pub fn online(&self, users: &[UserId]) -> Vec<usize> {
+        users.iter().map(|user| self.state.local.connections(user)).collect()
+    }
+
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+async fn sweep(state: Arc<State>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => state.sweep(),
+        }
+    }
+}
+
+impl State {
+    fn send(&self, outgoing: Outgoing) -> Accepted {
         let Outgoing { from, id, to, body, received_us } = outgoing;
         let delivery = Arc::new(Delivery { msg: MsgId::new(), from: from.clone(), to, body, ts: received_us / 1000 });
-        let letter = Letter { delivery, reply_to: id.clone(), received_us };
-        let Some(id) = id else {
-            return self.route(letter);
-        };
+        let letter = Letter { delivery, reply_to: id.clone(), received_us, stored_as: None };
+        let Some(id) = id else { return self.route(letter) };
 
         let now = Instant::now();
         // The dedupe entry stays locked while the message is routed, so two
@@ -107,26 +155,23 @@ impl MemoryBackend {
         self.counters.inbox_stored.inc();
     }
 
-    pub fn ack(&self, ack: Ack) {
-        let removed = self.inboxes.get_mut(&ack.user).is_some_and(|mut inbox| {
-            let before = inbox.len();
-            inbox.retain(|kept| kept.letter.delivery.msg != ack.msg);
-            inbox.len() < before
+    fn ack(&self, ack: Ack) {
+        let removed = self.inboxes.get_mut(&ack.user).and_then(|mut inbox| {
+            let at = inbox.iter().position(|kept| kept.letter.delivery.msg == ack.msg)?;
+            inbox.remove(at).map(|kept| kept.letter)
         });
         // In durable mode only the first ack (of several devices) removes
         // the message, and only that one sends a receipt.
-        let due = removed || self.settings.mode == Mode::Fast;
-        if let (true, Some((sender, id))) = (due, ack.reply) {
-            let receipt = Receipt { id, msg: ack.msg, status: ReceiptStatus::Delivered };
-            self.local.push(&sender, &Push::Receipt(Arc::new(receipt)));
+        let letter = match self.settings.mode {
+            Mode::Durable => removed,
+            Mode::Fast => removed.or(ack.letter),
+        };
+        if let Some(Letter { delivery, reply_to: Some(reply_to), .. }) = letter {
+            self.local.push(&delivery.from, &receipt_for(ack.msg, reply_to));
         }
     }
 
-    pub fn online(&self, users: &[UserId]) -> Vec<usize> {
-        users.iter().map(|user| self.local.connections(user)).collect()
-    }
-
-    pub fn maintain(&self) {
+    fn sweep(&self) {
         let now = Instant::now();
         self.sent.retain(|_, remembered| remembered.expires > now);
         self.inboxes.retain(|_, inbox| {
@@ -134,13 +179,4 @@ impl MemoryBackend {
             !inbox.is_empty()
         });
     }
-}
-
-fn reached(connections: usize) -> AcceptStatus {
-    if connections > 0 { AcceptStatus::Routed } else { AcceptStatus::Stored }
-}
-
-/// Now, in microseconds since the Unix epoch.
-pub fn unix_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

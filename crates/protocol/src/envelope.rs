@@ -41,11 +41,23 @@ pub enum Routed {
         reply_to: Option<ClientMsgId>,
         /// When the sender's node received it (Unix microseconds).
         received_us: u64,
+        /// Its entry id in the recipient's inbox, when it is stored there.
+        stored_as: Option<String>,
     },
     /// A receipt for every local connection of `to`.
     Receipt { to: UserId, receipt: Receipt },
     /// The node's own liveness probe of its channel.
     Probe,
+}
+
+impl Routed {
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        Ok(rmp_serde::to_vec(self)?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
 }
 
 impl Envelope {

@@ -141,10 +141,29 @@ pub struct Receipt {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
     pub user: UserId,
+    #[serde(with = "uuid_text")]
     pub conn: Uuid,
     pub node: String,
     pub heartbeat_ms: u64,
+    #[serde(with = "uuid_text")]
     pub epoch: Uuid,
+}
+
+/// UUIDs as hyphenated text in MessagePack too (uuid's own serde writes
+/// bytes for binary formats), so both encodings carry the same objects.
+mod uuid_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use uuid::Uuid;
+
+    pub fn serialize<S: Serializer>(id: &Uuid, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = Uuid::encode_buffer();
+        s.serialize_str(id.hyphenated().encode_lower(&mut buf))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Uuid::try_parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A frame from the server.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use switchboard_protocol::{
     AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, ErrorCode, MsgId, Receipt,
-    ReceiptStatus, Routed, ServerFrame, UserId,
+    ReceiptStatus, Routed, ServerFrame, UserId, Welcome,
 };
 
 fn user() -> impl Strategy<Value = UserId> {
@@ -88,6 +88,17 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         prop::collection::btree_map(user(), any::<bool>(), 0..10)
             .prop_map(|online| { ServerFrame::Presence { online: online.into_iter().collect::<BTreeMap<_, _>>() } }),
         Just(ServerFrame::Pong),
+        (user(), any::<u128>(), "[a-z0-9-]{1,20}", any::<u64>(), any::<u128>()).prop_map(
+            |(user, conn, node, heartbeat_ms, epoch)| {
+                ServerFrame::Welcome(Welcome {
+                    user,
+                    conn: uuid::Uuid::from_u128(conn),
+                    node,
+                    heartbeat_ms,
+                    epoch: uuid::Uuid::from_u128(epoch),
+                })
+            }
+        ),
         (prop::option::of(client_id()), error_code(), "\\PC{0,40}")
             .prop_map(|(id, code, message)| ServerFrame::Error { id, code, message }),
     ]
@@ -95,8 +106,14 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
 
 fn routed() -> impl Strategy<Value = Routed> {
     prop_oneof![
-        (delivery(), prop::option::of(client_id()), any::<u64>())
-            .prop_map(|(delivery, reply_to, received_us)| Routed::Deliver { delivery, reply_to, received_us }),
+        (delivery(), prop::option::of(client_id()), any::<u64>(), prop::option::of("[0-9]{1,13}-[0-9]{1,3}")).prop_map(
+            |(delivery, reply_to, received_us, stored_as)| Routed::Deliver {
+                delivery,
+                reply_to,
+                received_us,
+                stored_as
+            }
+        ),
         (user(), receipt()).prop_map(|(to, receipt)| Routed::Receipt { to, receipt }),
         Just(Routed::Probe),
     ]
@@ -138,6 +155,7 @@ proptest! {
         let _ = Codec::Json.decode(&bytes);
         let _ = Codec::MsgPack.decode(&bytes);
         let _ = Envelope::decode(&bytes);
+        let _ = Routed::decode(&bytes);
     }
 
     #[test]
@@ -170,4 +188,20 @@ fn cross_codec_bodies_agree() {
     let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!(value["body"], serde_json::json!({"text":"hi","n":[1,-2,3.5],"ok":true,"none":null}));
     assert_eq!(value["type"], "message");
+}
+
+#[test]
+fn msgpack_welcome_carries_ids_as_text() {
+    let conn = uuid::Uuid::now_v7();
+    let frame = ServerFrame::Welcome(Welcome {
+        user: UserId::parse("alice").unwrap(),
+        conn,
+        node: "n1".to_owned(),
+        heartbeat_ms: 25_000,
+        epoch: conn,
+    });
+    let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!("msgpack is binary") };
+    let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(value["conn"], conn.to_string());
+    assert_eq!(value["epoch"], conn.to_string());
 }

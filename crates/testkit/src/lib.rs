@@ -1,4 +1,4 @@
-//! Test support: real `switchboard` processes on free ports, real
+//! Test support: real `switchboard` and `redis-server` processes on free ports, real
 //! WebSocket and HTTP clients, and helpers that wait for an event (a frame,
 //! a line, a status) instead of sleeping.
 //!
@@ -10,10 +10,12 @@
 mod client;
 mod http;
 mod node;
+mod redis;
 
 pub use client::{Client, Connect, ConnectError};
 pub use http::{HttpResponse, get, post_json};
 pub use node::{NodeProcess, switchboard_bin};
+pub use redis::{RedisCluster, RedisServer};
 
 use std::time::Duration;
 

@@ -1,0 +1,90 @@
+//! The Redis layout, cluster-ready: every per-user key carries the user id
+//! as its hash tag and every per-node key the node id, so each multi-key
+//! script stays on one slot and no single key is hot for all users.
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `{p}u:{user}:conns` | hash | connection id -> node id |
+//! | `{p}u:{user}:inbox` | stream | stored messages, field `m` = MessagePack |
+//! | `{p}u:{user}:sent:{from}:{id}` | string | dedupe record `msg:status`, 10 min |
+//! | `{p}n:{node}:alive` | string | liveness, expires after `node-ttl` |
+//! | `{p}n:{node}:conns` | hash | connection id -> user id (reverse index) |
+//! | `{p}n:{node}:sweep` | string | lock of the one node sweeping this dead node |
+//! | `{p}n:{node}:ch` | channel | sharded pub/sub channel of the node |
+//! | `{p}nodes` | sorted set | node id -> last heartbeat (ms), the node directory |
+//! | `{p}epoch` | string | the life of the stored state |
+
+use switchboard_protocol::{ClientMsgId, UserId};
+
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    pub fn user_conns(&self, user: &UserId) -> String {
+        format!("{}u:{{{user}}}:conns", self.prefix)
+    }
+
+    pub fn inbox(&self, user: &UserId) -> String {
+        format!("{}u:{{{user}}}:inbox", self.prefix)
+    }
+
+    /// Kept in the recipient's slot, so that the dedupe check, the inbox
+    /// write and the presence lookup are one atomic script.
+    pub fn sent(&self, to: &UserId, from: &UserId, id: &ClientMsgId) -> String {
+        format!("{}u:{{{to}}}:sent:{from}:{id}", self.prefix)
+    }
+
+    pub fn node_alive(&self, node: &str) -> String {
+        format!("{}n:{{{node}}}:alive", self.prefix)
+    }
+
+    pub fn node_conns(&self, node: &str) -> String {
+        format!("{}n:{{{node}}}:conns", self.prefix)
+    }
+
+    pub fn node_sweep(&self, node: &str) -> String {
+        format!("{}n:{{{node}}}:sweep", self.prefix)
+    }
+
+    pub fn node_channel(&self, node: &str) -> String {
+        format!("{}n:{{{node}}}:ch", self.prefix)
+    }
+
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = open + key[open..].find('}').unwrap();
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn per_user_keys_share_the_user_slot() {
+        let keys = Keys::new("sb:");
+        let (bob, alice) = (UserId::parse("bob").unwrap(), UserId::parse("alice").unwrap());
+        let id = ClientMsgId::parse("{evil}").unwrap();
+        assert_eq!(keys.inbox(&bob), "sb:u:{bob}:inbox");
+        for key in [keys.inbox(&bob), keys.user_conns(&bob), keys.sent(&bob, &alice, &id)] {
+            assert_eq!(tag(&key), "bob", "{key}");
+        }
+        for key in [keys.node_alive("n1"), keys.node_conns("n1"), keys.node_channel("n1"), keys.node_sweep("n1")] {
+            assert_eq!(tag(&key), "n1", "{key}");
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! The cluster backend over Redis: standalone, Sentinel or Cluster (the
+//! layout is in `keys.rs`).
+//!
+//! Each node subscribes to its own sharded channel. A message for a user on
+//! other nodes is queued to one publisher task per destination node, which
+//! batches whatever is pending into one MessagePack envelope per publish.
+//! Envelopes carry a per-destination sequence number: a receiver that sees
+//! a gap counts it and, in durable mode, re-reads the inboxes of its users.
+//!
+//! A heartbeat task keeps this node's liveness key, adopts a new epoch and
+//! registers every live connection again when Redis lost its state, sweeps
+//! dead nodes out of presence, and sends a probe through the node's own
+//! channel so that readiness proves the channel delivers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use fred::bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{
+    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface, SortedSetsInterface, StreamsInterface,
+};
+use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
+use fred::types::scripts::Script;
+use fred::types::{Expiration, SetOptions, Value};
+use futures_util::StreamExt;
+use switchboard_protocol::{AcceptStatus, Delivery, Envelope, MsgId, Routed, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::keys::Keys;
+use crate::{
+    Accepted, Ack, BackendError, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings, reached,
+    receipt_for,
+};
+
+/// A command that has not completed in this time fails; the client gets an
+/// `internal` error instead of waiting on a Redis that is gone.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pub/sub messages buffered for the subscriber task before it lags.
+const SUBSCRIBER_BUFFER: usize = 1 << 17;
+/// Items in one envelope at most.
+const MAX_BATCH: usize = 256;
+/// Concurrent commands when re-registering or sweeping many entries.
+const FAN_OUT: usize = 64;
+
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    keys: Keys,
+    client: Client,
+    subscriber: SubscriberClient,
+    local: Arc<dyn Local>,
+    counters: Counters,
+    store_script: Script,
+    /// This process's life; receivers restart their sequence check on a new one.
+    incarnation: Uuid,
+    epoch: RwLock<Uuid>,
+    /// Other nodes whose heartbeat is recent, as of the last heartbeat.
+    alive: RwLock<HashSet<String>>,
+    /// Publisher queue per destination node.
+    routes: DashMap<String, mpsc::UnboundedSender<Routed>>,
+    /// Last sequence number heard per sending node, and its incarnation.
+    heard: Mutex<HashMap<String, (Uuid, u64)>>,
+    last_beat_ms: AtomicU64,
+    last_probe_ms: AtomicU64,
+    repairing: AtomicBool,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RedisBackend {
+    pub async fn start(
+        url: &str,
+        settings: Settings,
+        local: Arc<dyn Local>,
+        counters: Counters,
+    ) -> Result<Self, BackendError> {
+        let mut builder = Builder::from_config(Config::from_url(url)?);
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = COMMAND_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let client = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        client.init().await?;
+        subscriber.init().await?;
+
+        let keys = Keys::new(&settings.prefix);
+        let proposed = Uuid::now_v7();
+        let _: Option<String> =
+            client.set(keys.epoch(), proposed.to_string(), None, Some(SetOptions::NX), false).await?;
+        let epoch = parse_epoch(client.get(keys.epoch()).await?)?;
+
+        let inner = Arc::new(Inner {
+            store_script: Script::from_lua(include_str!("store.lua")),
+            incarnation: Uuid::now_v7(),
+            epoch: RwLock::new(epoch),
+            alive: RwLock::new(HashSet::new()),
+            routes: DashMap::new(),
+            heard: Mutex::new(HashMap::new()),
+            last_beat_ms: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
+            repairing: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            keys,
+            settings,
+            client,
+            subscriber,
+            local,
+            counters,
+        });
+        inner.subscriber.ssubscribe(inner.keys.node_channel(&inner.settings.node_id)).await?;
+        let resubscriber = inner.subscriber.manage_subscriptions();
+        inner.tasks.spawn({
+            let stop = inner.stop.clone();
+            async move {
+                stop.cancelled().await;
+                resubscriber.abort();
+            }
+        });
+        inner.beat().await?;
+        inner.tasks.spawn(inner.clone().listen());
+        inner.tasks.spawn(inner.clone().heartbeat());
+        Ok(Self { inner })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.settings.node_id
+    }
+
+    pub fn epoch(&self) -> Uuid {
+        *self.inner.epoch.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        let now = now_ms();
+        let fresh = |at: &AtomicU64| now.saturating_sub(at.load(Ordering::Relaxed)) < self.inner.ttl_ms();
+        self.inner.client.is_connected() && fresh(&self.inner.last_beat_ms) && fresh(&self.inner.last_probe_ms)
+    }
+
+    pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Vec<Letter>, BackendError> {
+        self.inner.register(user, conn).await?;
+        self.inner.inbox(user).await
+    }
+
+    pub async fn disconnect(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        let conn = conn.to_string();
+        let (a, b) = tokio::join!(
+            inner.client.hdel::<(), _, _>(inner.keys.user_conns(user), &conn),
+            inner.client.hdel::<(), _, _>(inner.keys.node_conns(&inner.settings.node_id), &conn),
+        );
+        a?;
+        b?;
+        Ok(())
+    }
+
+    pub async fn send(&self, outgoing: Outgoing) -> Result<Accepted, BackendError> {
+        self.inner.send(outgoing).await
+    }
+
+    pub async fn ack(&self, ack: Ack) -> Result<(), BackendError> {
+        self.inner.ack(ack).await
+    }
+
+    pub async fn online(&self, users: &[UserId]) -> Result<Vec<usize>, BackendError> {
+        let inner = &self.inner;
+        let lookups = users.iter().map(|user| async move {
+            let nodes: Vec<String> = inner.client.hvals(inner.keys.user_conns(user)).await?;
+            Ok::<_, BackendError>(nodes.iter().filter(|node| inner.is_alive(node)).count())
+        });
+        futures_util::future::try_join_all(lookups).await
+    }
+
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stop.cancel();
+        inner.routes.clear();
+        inner.tasks.close();
+        inner.tasks.wait().await;
+        if let Err(error) = inner.deregister().await {
+            tracing::warn!(%error, "could not remove this node from presence; the sweeper will");
+        }
+        let _ = inner.subscriber.quit().await;
+        let _ = inner.client.quit().await;
+    }
+}
+
+impl Inner {
+    fn me(&self) -> &str {
+        &self.settings.node_id
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.settings.node_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_alive(&self, node: &str) -> bool {
+        node == self.me() || self.alive.read().unwrap_or_else(|e| e.into_inner()).contains(node)
+    }
+
+    async fn register(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
+        let conn = conn.to_string();
+        let (a, b) = tokio::join!(
+            self.client.hset::<(), _, _>(self.keys.user_conns(user), (conn.as_str(), self.me())),
+            self.client.hset::<(), _, _>(self.keys.node_conns(self.me()), (conn.as_str(), user.as_str())),
+        );
+        a?;
+        b?;
+        Ok(())
+    }
+
+    /// The user's stored messages, oldest first, without expired ones.
+    async fn inbox(&self, user: &UserId) -> Result<Vec<Letter>, BackendError> {
+        let count = u64::try_from(self.settings.inbox_max_len).unwrap_or(u64::MAX);
+        let entries: Vec<(String, HashMap<String, Bytes>)> =
+            self.client.xrange_values(self.keys.inbox(user), "-", "+", Some(count)).await?;
+        let oldest_ms = now_ms().saturating_sub(u64::try_from(self.settings.inbox_ttl.as_millis()).unwrap_or(0));
+        let mut letters = Vec::with_capacity(entries.len());
+        for (entry, fields) in entries {
+            let entry_ms = entry.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0);
+            if entry_ms < oldest_ms {
+                continue;
+            }
+            let Some(payload) = fields.get("m") else { continue };
+            match Routed::decode(payload) {
+                Ok(Routed::Deliver { delivery, reply_to, received_us, .. }) => letters.push(Letter {
+                    delivery: Arc::new(delivery),
+                    reply_to,
+                    received_us,
+                    stored_as: Some(Arc::from(entry.as_str())),
+                }),
+                Ok(_) | Err(_) => tracing::warn!(user = %user, entry, "skipping a malformed inbox entry"),
+            }
+        }
+        Ok(letters)
+    }
+
+    async fn send(self: &Arc<Self>, outgoing: Outgoing) -> Result<Accepted, BackendError> {
+        let Outgoing { from, id, to, body, received_us } = outgoing;
+        let msg = MsgId::new();
+        let delivery = Delivery { msg, from: from.clone(), to: to.clone(), body, ts: received_us / 1000 };
+        let durable = self.settings.mode == Mode::Durable;
+        let mut letter = Letter { delivery: Arc::new(delivery), reply_to: id.clone(), received_us, stored_as: None };
+        let sent_key = id.as_ref().map(|id| self.keys.sent(&to, &from, id));
+        let StoreReply { previous, entry, conns } = self.store(&letter, durable, sent_key.as_deref()).await?;
+        if let Some(previous) = previous {
+            return parse_sent_record(&previous);
+        }
+        letter.stored_as = entry;
+        let nodes: HashSet<&str> = conns.iter().map(|(_, node)| node.as_str()).collect();
+        let status = reached(self.route(&to, &Push::Message(letter.clone()), &nodes));
+        if status == AcceptStatus::Stored && !durable {
+            self.store(&letter, true, None).await?;
+        }
+        // The script recorded its guess from the presence entries; correct
+        // it when those entries belonged to dead nodes.
+        if let (Some(sent_key), true) = (sent_key, status != reached(conns.len())) {
+            let record = format!("{msg}:{}", status_name(status));
+            let _: Option<String> =
+                self.client.set(sent_key, record, Some(Expiration::KEEPTTL), Some(SetOptions::XX), false).await?;
+        }
+        Ok(Accepted { msg, status, duplicate: false })
+    }
+
+    /// Runs the store script for `letter`: stores it when `store`, records
+    /// `sent_key` when given, and returns the recipient's connections.
+    async fn store(&self, letter: &Letter, store: bool, sent_key: Option<&str>) -> Result<StoreReply, BackendError> {
+        let to = &letter.delivery.to;
+        let payload = if store { stored_form(letter)? } else { Vec::new() };
+        let keys = vec![self.keys.inbox(to), self.keys.user_conns(to), sent_key.unwrap_or_default().to_owned()];
+        let args: Vec<Value> = vec![
+            letter.delivery.msg.to_string().into(),
+            flag(store),
+            self.settings.inbox_max_len.to_string().into(),
+            millis(self.settings.inbox_ttl).to_string().into(),
+            Value::Bytes(payload.into()),
+            millis(DEDUPE_WINDOW).to_string().into(),
+            flag(sent_key.is_some()),
+        ];
+        let reply = StoreReply::parse(self.store_script.evalsha_with_reload(&self.client, keys, args).await?)?;
+        if reply.entry.is_some() {
+            self.counters.inbox_stored.inc();
+        }
+        Ok(reply)
+    }
+
+    /// Hands `push` to the local connections of `user` and queues it for
+    /// every other live node in `nodes`; how many places it went to.
+    fn route(self: &Arc<Self>, user: &UserId, push: &Push, nodes: &HashSet<&str>) -> usize {
+        let mut reached = self.local.push(user, push);
+        for node in nodes.iter().filter(|node| **node != self.me() && self.is_alive(node)) {
+            self.enqueue(node, routed_form(user, push));
+            reached += 1;
+        }
+        reached
+    }
+
+    /// Queues `item` for `node`'s publisher, starting it on first use.
+    fn enqueue(self: &Arc<Self>, node: &str, item: Routed) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let tx = self
+            .routes
+            .entry(node.to_owned())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.tasks.spawn(self.clone().publish(node.to_owned(), rx));
+                tx
+            })
+            .clone();
+        let _ = tx.send(item);
+    }
+
+    async fn ack(self: &Arc<Self>, ack: Ack) -> Result<(), BackendError> {
+        let inbox = self.keys.inbox(&ack.user);
+        let letter = match ack.letter {
+            Some(letter) if letter.stored_as.is_some() || self.settings.mode == Mode::Fast => Some(letter),
+            _ => self.inbox(&ack.user).await?.into_iter().find(|l| l.delivery.msg == ack.msg),
+        };
+        let Some(letter) = letter else { return Ok(()) };
+        let removed: i64 = match &letter.stored_as {
+            Some(entry) => self.client.xdel(&inbox, entry.as_ref()).await?,
+            None => 0,
+        };
+        let due = removed > 0 || self.settings.mode == Mode::Fast;
+        if let (true, Some(reply_to)) = (due, letter.reply_to.clone()) {
+            let sender = &letter.delivery.from;
+            let nodes: Vec<String> = self.client.hvals(self.keys.user_conns(sender)).await?;
+            let nodes: HashSet<&str> = nodes.iter().map(String::as_str).collect();
+            self.route(sender, &receipt_for(ack.msg, reply_to), &nodes);
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// One destination's publisher: batches what is queued, publishes, and
+    /// hands back to the inbox what a gone node can no longer take.
+    async fn publish(self: Arc<Self>, node: String, mut queue: mpsc::UnboundedReceiver<Routed>) {
+        let channel = self.keys.node_channel(&node);
+        let mut seq = 0u64;
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                item = queue.recv() => match item {
+                    Some(item) => item,
+                    None => return,
+                },
+            };
+            let mut items = vec![first];
+            while items.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
+                }
+            }
+            seq += 1;
+            let envelope = Envelope { node: self.me().to_owned(), incarnation: self.incarnation, seq, items };
+            let bytes = match envelope.encode() {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!(%error, "envelope does not encode");
+                    continue;
+                }
+            };
+            match self.client.spublish::<i64, _, _>(&channel, Value::Bytes(bytes.into())).await {
+                Ok(0) if node != self.me() => {
+                    tracing::info!(node, "no subscriber on the node's channel: treating it as gone");
+                    self.alive.write().unwrap_or_else(|e| e.into_inner()).remove(&node);
+                    self.undeliverable(envelope.items).await;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.counters.backend_errors.inc();
+                    tracing::warn!(%error, node, "publish failed");
+                    self.undeliverable(envelope.items).await;
+                }
+            }
+        }
+    }
+
+    /// Messages that could not be handed to their node. In durable mode
+    /// they are in the inbox already; in fast mode they are stored now.
+    async fn undeliverable(&self, items: Vec<Routed>) {
+        if self.settings.mode == Mode::Durable {
+            return;
+        }
+        for item in items {
+            if let Routed::Deliver { delivery, reply_to, received_us, .. } = item {
+                let letter = Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as: None };
+                if let Err(error) = self.store(&letter, true, None).await {
+                    self.counters.backend_errors.inc();
+                    tracing::warn!(%error, msg = %letter.delivery.msg, "fast-mode message lost: cannot store it");
+                }
+            }
+        }
+    }
+
+    /// Reads this node's channel and hands what arrives to local connections.
+    async fn listen(self: Arc<Self>) {
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                _ = reconnects.recv() => {
+                    // Whatever was published while disconnected is gone.
+                    tracing::info!("redis subscriber reconnected");
+                    self.repair();
+                }
+                message = messages.recv() => match message {
+                    Ok(message) => match message.value.as_bytes().map(Envelope::decode) {
+                        Some(Ok(envelope)) => self.receive(envelope),
+                        _ => tracing::warn!(channel = %message.channel, "ignoring a malformed envelope"),
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        self.counters.route_gaps.inc_by(missed);
+                        tracing::warn!(missed, "subscriber fell behind: envelopes lost");
+                        self.repair();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    fn receive(self: &Arc<Self>, envelope: Envelope) {
+        let gap = {
+            let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            let last = heard.entry(envelope.node.clone()).or_insert((envelope.incarnation, envelope.seq - 1));
+            let gap = if last.0 == envelope.incarnation { envelope.seq.saturating_sub(last.1 + 1) } else { 0 };
+            if last.0 != envelope.incarnation || envelope.seq > last.1 {
+                *last = (envelope.incarnation, envelope.seq);
+            }
+            gap
+        };
+        if gap > 0 {
+            self.counters.route_gaps.inc_by(gap);
+            tracing::warn!(node = envelope.node, gap, "envelopes missing from a node");
+            self.repair();
+        }
+        for item in envelope.items {
+            match item {
+                Routed::Deliver { delivery, reply_to, received_us, stored_as } => {
+                    let to = delivery.to.clone();
+                    let stored_as = stored_as.map(|s| Arc::from(s.as_str()));
+                    let letter = Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as };
+                    self.local.push(&to, &Push::Message(letter));
+                }
+                Routed::Receipt { to, receipt } => {
+                    self.local.push(&to, &Push::Receipt(Arc::new(receipt)));
+                }
+                Routed::Probe => self.last_probe_ms.store(now_ms(), Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// After envelopes were lost, hands every local user's inbox to its
+    /// connections again (durable mode; the connections skip what they
+    /// already have). One repair at a time; requests meanwhile coalesce.
+    fn repair(self: &Arc<Self>) {
+        if self.settings.mode != Mode::Durable || self.repairing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            let users: HashSet<UserId> = inner.local.registrations().into_iter().map(|(user, _)| user).collect();
+            let count = users.len();
+            futures_util::stream::iter(users)
+                .for_each_concurrent(FAN_OUT, |user| {
+                    let inner = inner.clone();
+                    async move {
+                        match inner.inbox(&user).await {
+                            Ok(letters) => {
+                                for letter in letters {
+                                    inner.local.push(&user, &Push::Message(letter));
+                                }
+                            }
+                            Err(error) => {
+                                inner.counters.backend_errors.inc();
+                                tracing::warn!(%error, %user, "inbox repair failed");
+                            }
+                        }
+                    }
+                })
+                .await;
+            tracing::info!(users = count, "re-read inboxes after lost envelopes");
+            inner.repairing.store(false, Ordering::Release);
+        });
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let every = self.settings.node_ttl / 3;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                _ = ticks.tick() => {
+                    if let Err(error) = self.beat().await {
+                        self.counters.backend_errors.inc();
+                        tracing::warn!(%error, "heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One heartbeat: liveness, epoch, directory of live nodes, sweep of
+    /// dead ones, and a probe through our own channel.
+    async fn beat(self: &Arc<Self>) -> Result<(), BackendError> {
+        let now = now_ms();
+        let me = self.me();
+        let was_alive: Option<String> = self
+            .client
+            .set(self.keys.node_alive(me), now, Some(Expiration::PX(ttl_i64(self.ttl_ms()))), None, true)
+            .await?;
+        let _: () = self.client.zadd(self.keys.nodes(), None, None, false, false, (now as f64, me)).await?;
+
+        let stored: Option<String> = self.client.get(self.keys.epoch()).await?;
+        let known = self.epoch.read().unwrap_or_else(|e| e.into_inner()).to_string();
+        if stored.as_deref() != Some(known.as_str()) {
+            let proposed = Uuid::now_v7().to_string();
+            let _: Option<String> =
+                self.client.set(self.keys.epoch(), proposed, None, Some(SetOptions::NX), false).await?;
+            let epoch = parse_epoch(self.client.get(self.keys.epoch()).await?)?;
+            *self.epoch.write().unwrap_or_else(|e| e.into_inner()) = epoch;
+            tracing::warn!(%epoch, "redis lost its state: new epoch");
+            self.register_all().await?;
+        } else if was_alive.is_none() && self.last_beat_ms.load(Ordering::Relaxed) != 0 {
+            // Our liveness key had lapsed: others may have swept our entries.
+            tracing::warn!("this node was presumed dead");
+            self.register_all().await?;
+        }
+
+        let cutoff = now.saturating_sub(self.ttl_ms()) as f64;
+        let live: Vec<String> = self.client.zrangebyscore(self.keys.nodes(), cutoff, "+inf", false, None).await?;
+        *self.alive.write().unwrap_or_else(|e| e.into_inner()) = live.into_iter().filter(|n| n != me).collect();
+        let dead: Vec<String> = self.client.zrangebyscore(self.keys.nodes(), "-inf", cutoff, false, None).await?;
+        for node in dead.iter().filter(|n| *n != me) {
+            self.sweep(node).await?;
+        }
+
+        self.enqueue(me, Routed::Probe);
+        self.last_beat_ms.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts every local connection back into presence.
+    async fn register_all(&self) -> Result<(), BackendError> {
+        let registrations = self.local.registrations();
+        let count = registrations.len();
+        let results: Vec<Result<(), BackendError>> = futures_util::stream::iter(registrations)
+            .map(|(user, conn)| async move { self.register(&user, conn).await })
+            .buffer_unordered(FAN_OUT)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), _>>()?;
+        tracing::info!(connections = count, "registered local connections again");
+        Ok(())
+    }
+
+    /// Removes a dead node's presence entries, unless another node does.
+    async fn sweep(&self, node: &str) -> Result<(), BackendError> {
+        let alive: bool = self.client.exists(self.keys.node_alive(node)).await?;
+        let lock: Option<String> = if alive {
+            None
+        } else {
+            let ttl = Some(Expiration::PX(ttl_i64(self.ttl_ms())));
+            self.client
+                .set(self.keys.node_sweep(node), self.me(), ttl, Some(SetOptions::NX), true)
+                .await
+                .map(|previous: Option<String>| if previous.is_none() { Some(self.me().to_owned()) } else { None })?
+        };
+        if lock.is_none() {
+            return Ok(());
+        }
+        let entries: HashMap<String, String> = self.client.hgetall(self.keys.node_conns(node)).await?;
+        let count = entries.len();
+        let results: Vec<Result<(), fred::error::Error>> = futures_util::stream::iter(entries)
+            .map(|(conn, user)| async move {
+                let key = UserId::parse(&user).map(|u| self.keys.user_conns(&u));
+                match key {
+                    Ok(key) => self.client.hdel::<(), _, _>(key, conn).await,
+                    Err(_) => Ok(()),
+                }
+            })
+            .buffer_unordered(FAN_OUT)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), _>>()?;
+        let _: () = self.client.del(self.keys.node_conns(node)).await?;
+        let _: () = self.client.zrem(self.keys.nodes(), node).await?;
+        self.routes.remove(node);
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+        tracing::info!(node, connections = count, "swept a dead node out of presence");
+        Ok(())
+    }
+
+    /// Takes this node out of presence on a clean shutdown.
+    async fn deregister(&self) -> Result<(), BackendError> {
+        let me = self.me();
+        let entries: HashMap<String, String> = self.client.hgetall(self.keys.node_conns(me)).await?;
+        for (conn, user) in entries {
+            if let Ok(user) = UserId::parse(&user) {
+                let _: () = self.client.hdel(self.keys.user_conns(&user), conn).await?;
+            }
+        }
+        let _: () = self.client.del(vec![self.keys.node_conns(me), self.keys.node_alive(me)]).await?;
+        let _: () = self.client.zrem(self.keys.nodes(), me).await?;
+        Ok(())
+    }
+}
+
+/// The store script's answer.
+struct StoreReply {
+    previous: Option<String>,
+    entry: Option<Arc<str>>,
+    conns: Vec<(String, String)>,
+}
+
+impl StoreReply {
+    fn parse(reply: Value) -> Result<Self, BackendError> {
+        let corrupt = || BackendError::Corrupt("unexpected store script reply".to_owned());
+        let Value::Array(mut parts) = reply else { return Err(corrupt()) };
+        if parts.len() != 3 {
+            return Err(corrupt());
+        }
+        let conns = match parts.pop() {
+            Some(Value::Array(flat)) => {
+                let flat: Vec<String> = flat.into_iter().filter_map(|v| v.as_string()).collect();
+                flat.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect()
+            }
+            _ => Vec::new(),
+        };
+        let entry = parts.pop().and_then(|v| v.as_string()).map(|e| Arc::from(e.as_str()));
+        let previous = parts.pop().and_then(|v| v.as_string());
+        Ok(Self { previous, entry, conns })
+    }
+}
+
+/// How a message is kept in an inbox entry.
+fn stored_form(letter: &Letter) -> Result<Vec<u8>, BackendError> {
+    let routed = Routed::Deliver {
+        delivery: (*letter.delivery).clone(),
+        reply_to: letter.reply_to.clone(),
+        received_us: letter.received_us,
+        stored_as: None,
+    };
+    routed.encode().map_err(|e| BackendError::Corrupt(e.to_string()))
+}
+
+/// How a push travels to another node.
+fn routed_form(user: &UserId, push: &Push) -> Routed {
+    match push {
+        Push::Message(letter) => Routed::Deliver {
+            delivery: (*letter.delivery).clone(),
+            reply_to: letter.reply_to.clone(),
+            received_us: letter.received_us,
+            stored_as: letter.stored_as.as_deref().map(str::to_owned),
+        },
+        Push::Receipt(receipt) => Routed::Receipt { to: user.clone(), receipt: (**receipt).clone() },
+    }
+}
+
+fn parse_sent_record(record: &str) -> Result<Accepted, BackendError> {
+    let corrupt = || BackendError::Corrupt(format!("dedupe record {record:?}"));
+    let (msg, status) = record.split_once(':').ok_or_else(corrupt)?;
+    let msg = MsgId::parse(msg).map_err(|_| corrupt())?;
+    let status = match status {
+        "routed" => AcceptStatus::Routed,
+        "stored" => AcceptStatus::Stored,
+        _ => return Err(corrupt()),
+    };
+    Ok(Accepted { msg, status, duplicate: true })
+}
+
+fn status_name(status: AcceptStatus) -> &'static str {
+    match status {
+        AcceptStatus::Routed => "routed",
+        AcceptStatus::Stored => "stored",
+    }
+}
+
+fn parse_epoch(value: Option<String>) -> Result<Uuid, BackendError> {
+    value
+        .and_then(|v| Uuid::try_parse(&v).ok())
+        .ok_or_else(|| BackendError::Corrupt("epoch missing or not a UUID".to_owned()))
+}
+
+fn flag(on: bool) -> Value {
+    if on { "1" } else { "0" }.into()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn ttl_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> u64 {
+    crate::unix_micros() / 1000
+}
