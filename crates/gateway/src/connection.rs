@@ -121,18 +121,9 @@ where
     }
 
     async fn serve(&mut self) -> End {
-        let welcome = ServerFrame::Welcome(Welcome {
-            user: self.session.user.clone(),
-            conn: self.session.conn,
-            node: self.node.backend.node_id().to_owned(),
-            heartbeat_ms: u64::try_from(self.node.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
-            epoch: self.node.backend.epoch(),
-        });
-        if let Err(end) = self.write(&welcome).await {
-            return end;
-        }
         // Registered (in the hub, then in presence) before the inbox is read:
-        // a message accepted meanwhile arrives live or in this replay.
+        // a message accepted meanwhile arrives live or in this replay. The
+        // welcome follows, so a client that has it is reachable.
         let letters = match self.node.backend.connect(&self.session.user, self.session.conn).await {
             Ok(letters) => letters,
             Err(error) => {
@@ -141,6 +132,16 @@ where
                 return End::Internal;
             }
         };
+        let welcome = ServerFrame::Welcome(Welcome {
+            user: self.session.user.clone(),
+            conn: self.session.conn,
+            node: self.node.backend.node_id().to_owned(),
+            heartbeat_ms: u64::try_from(self.node.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            epoch: self.node.backend.epoch(),
+        });
+        if let Err(end) = self.feed(&welcome).await {
+            return end;
+        }
         for letter in letters {
             self.replayed.insert(letter.delivery.msg);
             self.remember(&letter);

@@ -64,8 +64,11 @@ struct Inner {
     /// This process's life; receivers restart their sequence check on a new one.
     incarnation: Uuid,
     epoch: RwLock<Uuid>,
-    /// Other nodes whose heartbeat is recent, as of the last heartbeat.
-    alive: RwLock<HashSet<String>>,
+    /// Nodes whose heartbeat is older than the node TTL, as of our last
+    /// heartbeat, or whose channel had no subscriber. Every other node is
+    /// taken to be alive: a node that just started, or that registered
+    /// again after Redis lost its state, is reachable at once.
+    dead: RwLock<HashSet<String>>,
     /// Publisher queue per destination node.
     routes: DashMap<String, mpsc::UnboundedSender<Routed>>,
     /// Last sequence number heard per sending node, and its incarnation.
@@ -111,7 +114,7 @@ impl RedisBackend {
             store_script: Script::from_lua(include_str!("store.lua")),
             incarnation: Uuid::now_v7(),
             epoch: RwLock::new(epoch),
-            alive: RwLock::new(HashSet::new()),
+            dead: RwLock::new(HashSet::new()),
             routes: DashMap::new(),
             heard: Mutex::new(HashMap::new()),
             last_beat_ms: AtomicU64::new(0),
@@ -213,7 +216,7 @@ impl Inner {
     }
 
     fn is_alive(&self, node: &str) -> bool {
-        node == self.me() || self.alive.read().unwrap_or_else(|e| e.into_inner()).contains(node)
+        node == self.me() || !self.dead.read().unwrap_or_else(|e| e.into_inner()).contains(node)
     }
 
     async fn register(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
@@ -342,6 +345,7 @@ impl Inner {
             None => 0,
         };
         let due = removed > 0 || self.settings.mode == Mode::Fast;
+
         if let (true, Some(reply_to)) = (due, letter.reply_to.clone()) {
             let sender = &letter.delivery.from;
             let nodes: Vec<String> = self.client.hvals(self.keys.user_conns(sender)).await?;
@@ -386,7 +390,7 @@ impl Inner {
             match self.client.spublish::<i64, _, _>(&channel, Value::Bytes(bytes.into())).await {
                 Ok(0) if node != self.me() => {
                     tracing::info!(node, "no subscriber on the node's channel: treating it as gone");
-                    self.alive.write().unwrap_or_else(|e| e.into_inner()).remove(&node);
+                    self.dead.write().unwrap_or_else(|e| e.into_inner()).insert(node.clone());
                     self.undeliverable(envelope.items).await;
                 }
                 Ok(_) => {}
@@ -554,12 +558,11 @@ impl Inner {
         }
 
         let cutoff = now.saturating_sub(self.ttl_ms()) as f64;
-        let live: Vec<String> = self.client.zrangebyscore(self.keys.nodes(), cutoff, "+inf", false, None).await?;
-        *self.alive.write().unwrap_or_else(|e| e.into_inner()) = live.into_iter().filter(|n| n != me).collect();
         let dead: Vec<String> = self.client.zrangebyscore(self.keys.nodes(), "-inf", cutoff, false, None).await?;
         for node in dead.iter().filter(|n| *n != me) {
             self.sweep(node).await?;
         }
+        *self.dead.write().unwrap_or_else(|e| e.into_inner()) = dead.into_iter().filter(|n| n != me).collect();
 
         self.enqueue(me, Routed::Probe);
         self.last_beat_ms.store(now, Ordering::Relaxed);

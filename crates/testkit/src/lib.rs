@@ -9,11 +9,13 @@
 
 mod client;
 mod http;
+mod metrics;
 mod node;
 mod redis;
 
 pub use client::{Client, Connect, ConnectError};
 pub use http::{HttpResponse, get, post_json};
+pub use metrics::{Scrape, scrape};
 pub use node::{NodeProcess, switchboard_bin};
 pub use redis::{RedisCluster, RedisServer};
 
@@ -38,6 +40,21 @@ pub fn sign(claims: &serde_json::Value, secret: &str) -> String {
 
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Polls `condition` every 20 ms until it holds, failing the test with
+/// `what` past [`DEADLINE`]: for state that has no event to wait on.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 /// Awaits `future`, failing the test with `what` if it takes past [`DEADLINE`].

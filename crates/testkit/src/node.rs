@@ -48,7 +48,7 @@ impl NodeProcess {
     pub async fn start_exact(args: Vec<String>) -> Self {
         let mut child = Command::new(switchboard_bin())
             .args(&args)
-            .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn,fred=error".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -114,6 +114,41 @@ impl RedisServer {
         cli(self.port, args).await
     }
 
+    /// Sends `commands` (each a list of binary arguments) pipelined over one
+    /// connection, as fast as Redis takes them; the integer replies, in order
+    /// (-1 for a reply that is not an integer).
+    pub async fn pipeline(&self, commands: Vec<Vec<Vec<u8>>>) -> Vec<i64> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let count = commands.len();
+        let writer = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            for command in commands {
+                buf.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
+                for arg in command {
+                    buf.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                    buf.extend_from_slice(&arg);
+                    buf.extend_from_slice(b"\r\n");
+                }
+                if buf.len() > 1 << 16 {
+                    write.write_all(&buf).await.unwrap();
+                    buf.clear();
+                }
+            }
+            write.write_all(&buf).await.unwrap();
+            write
+        });
+        let mut lines = BufReader::new(read).lines();
+        let mut replies = Vec::with_capacity(count);
+        while replies.len() < count {
+            let line = within("redis replies", lines.next_line()).await.unwrap().unwrap();
+            replies.push(line.strip_prefix(':').and_then(|n| n.parse().ok()).unwrap_or(-1));
+        }
+        drop(writer.await.unwrap());
+        replies
+    }
+
     /// Spawns the server and waits until it answers PONG. On failure the
     /// process is gone and the error carries the end of its log.
     async fn launch(&mut self) -> Result<(), String> {

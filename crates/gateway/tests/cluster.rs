@@ -1,0 +1,352 @@
+//! Several real nodes over a real Redis: standalone, and a 3-master Redis
+//! Cluster for the core scenarios. Message ids are checked exactly.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+
+use serde_json::json;
+use switchboard_protocol::{
+    AcceptStatus, Body, ClientFrame, Delivery, Envelope, ErrorCode, MsgId, Routed, ServerFrame, UserId,
+};
+use switchboard_testkit::{Client, NodeProcess, RedisCluster, RedisServer, eventually, get, scrape, within};
+
+/// Starts `count` nodes on `url`, with a short node TTL so that dead nodes
+/// are swept quickly.
+async fn nodes(url: &str, count: usize, extra: &[&str]) -> Vec<NodeProcess> {
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let id = format!("node-{i}");
+        let mut args = vec!["--redis-url", url, "--node-ttl", "1s", "--node-id", &id];
+        args.extend_from_slice(extra);
+        nodes.push(NodeProcess::start(&args).await);
+    }
+    for node in &nodes {
+        eventually("the node to be ready", || async { get(node.public, "/readyz", &[]).await.status == 200 }).await;
+    }
+    nodes
+}
+
+async fn online(client: &mut Client, users: &[&str]) -> Vec<bool> {
+    client.send(&ClientFrame::Presence { users: users.iter().map(|u| UserId::parse(u).unwrap()).collect() }).await;
+    match client.recv().await {
+        ServerFrame::Presence { online } => users.iter().map(|u| online[&UserId::parse(u).unwrap()]).collect(),
+        other => panic!("expected presence, got {other:?}"),
+    }
+}
+
+async fn expect_receipt(client: &mut Client, id: &str, msg: MsgId) {
+    match client.recv().await {
+        ServerFrame::Receipt(receipt) => assert_eq!((receipt.id.as_str(), receipt.msg), (id, msg)),
+        other => panic!("expected a receipt for {id}, got {other:?}"),
+    }
+}
+
+async fn cross_node_messages_receipts_and_presence(url: &str) {
+    let nodes = nodes(url, 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    assert_eq!((alice.welcome.node.as_str(), bob.welcome.node.as_str()), ("node-0", "node-1"));
+    assert_eq!(alice.welcome.epoch, bob.welcome.epoch);
+
+    let (msg, status) = alice.send_message("a-1", "bob", json!({"text": "across"})).await;
+    assert_eq!(status, AcceptStatus::Routed);
+    let got = bob.recv_message().await;
+    assert_eq!((got.msg, got.from.as_str(), got.body.to_value()), (msg, "alice", json!({"text": "across"})));
+    bob.ack(msg).await;
+    expect_receipt(&mut alice, "a-1", msg).await;
+
+    let (reply, _) = bob.send_message("b-1", "alice", json!("back")).await;
+    assert_eq!(alice.recv_message().await.msg, reply);
+
+    // A second device of bob's on the other node gets the next message too.
+    let mut bob_laptop = Client::connect(&nodes[0].ws_url(), "bob").await;
+    let (msg, _) = alice.send_message("a-2", "bob", json!(2)).await;
+    assert_eq!(bob.recv_message().await.msg, msg);
+    assert_eq!(bob_laptop.recv_message().await.msg, msg);
+    bob_laptop.ack(msg).await;
+    expect_receipt(&mut alice, "a-2", msg).await;
+
+    let mut carol = Client::connect(&nodes[1].ws_url(), "carol").await;
+    assert_eq!(online(&mut carol, &["alice", "bob", "dave"]).await, [true, true, false]);
+}
+
+async fn offline_messages_wait_for_any_node(url: &str) {
+    let nodes = nodes(url, 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let (msg, status) = alice.send_message(&format!("a-{i}"), "bob", json!(i)).await;
+        assert_eq!(status, AcceptStatus::Stored);
+        sent.push(msg);
+    }
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    for msg in &sent {
+        assert_eq!(bob.recv_message().await.msg, *msg);
+    }
+    bob.ack(sent[0]).await;
+    expect_receipt(&mut alice, "a-0", sent[0]).await;
+    drop(bob);
+
+    let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
+    assert_eq!(bob.recv_message().await.msg, sent[1]);
+    assert_eq!(bob.recv_message().await.msg, sent[2]);
+    bob.send(&ClientFrame::Ping).await;
+    assert_eq!(bob.recv().await, ServerFrame::Pong);
+
+    // A resend with the same id, through the other node, is not sent again.
+    let mut alice_again = Client::connect(&nodes[1].ws_url(), "alice").await;
+    assert_eq!(alice_again.send_message("a-1", "bob", json!(1)).await, (sent[1], AcceptStatus::Stored));
+}
+
+/// Kills a node with bob's connection while alice keeps sending; in durable
+/// mode every accepted message reaches bob when he reconnects elsewhere.
+async fn a_killed_node_loses_nothing_accepted(url: &str) {
+    let mut nodes = nodes(url, 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        accepted.push(alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0);
+        assert_eq!(bob.recv_message().await.msg, accepted[i]);
+    }
+    nodes[1].kill().await;
+    for i in 5..25 {
+        accepted.push(alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0);
+    }
+    // Bob leaves presence once the dead node is swept.
+    within("bob to leave presence", async {
+        while online(&mut alice, &["bob"]).await != [false] {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for i in 25..30 {
+        let (msg, status) = alice.send_message(&format!("a-{i}"), "bob", json!(i)).await;
+        assert_eq!(status, AcceptStatus::Stored);
+        accepted.push(msg);
+    }
+
+    let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
+    let mut received = Vec::new();
+    for _ in 0..accepted.len() {
+        received.push(bob.recv_message().await.msg);
+    }
+    assert_eq!(received, accepted, "every accepted message, once each, in order");
+}
+
+#[tokio::test]
+async fn standalone_cross_node_messages_receipts_and_presence() {
+    let redis = RedisServer::start().await;
+    cross_node_messages_receipts_and_presence(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn standalone_offline_messages_wait_for_any_node() {
+    let redis = RedisServer::start().await;
+    offline_messages_wait_for_any_node(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn standalone_a_killed_node_loses_nothing_accepted() {
+    let redis = RedisServer::start().await;
+    a_killed_node_loses_nothing_accepted(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn cluster_cross_node_messages_receipts_and_presence() {
+    let redis = RedisCluster::start().await;
+    cross_node_messages_receipts_and_presence(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn cluster_offline_messages_wait_for_any_node() {
+    let redis = RedisCluster::start().await;
+    offline_messages_wait_for_any_node(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn cluster_a_killed_node_loses_nothing_accepted() {
+    let redis = RedisCluster::start().await;
+    a_killed_node_loses_nothing_accepted(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn fast_mode_stores_what_a_dead_node_cannot_take() {
+    let redis = RedisServer::start().await;
+    let mut nodes = nodes(&redis.url(), 2, &["--delivery", "fast"]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    let (msg, status) = alice.send_message("a-0", "bob", json!(0)).await;
+    assert_eq!(status, AcceptStatus::Routed);
+    assert_eq!(bob.recv_message().await.msg, msg);
+    // Live delivery in fast mode stores nothing: the acked message is gone.
+    bob.ack(msg).await;
+    expect_receipt(&mut alice, "a-0", msg).await;
+
+    nodes[1].kill().await;
+    // Sent while node-1 still looks alive: its channel has no subscriber,
+    // so the messages fall back to the inbox.
+    let mut accepted = Vec::new();
+    for i in 1..6 {
+        accepted.push(alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0);
+    }
+    let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
+    for msg in &accepted {
+        assert_eq!(bob.recv_message().await.msg, *msg);
+    }
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_is_repopulated_without_restarting_nodes() {
+    let mut redis = RedisServer::start().await;
+    let nodes = nodes(&redis.url(), 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    let old_epoch = alice.welcome.epoch;
+
+    redis.restart_empty().await;
+    // Both nodes register their connections again: presence comes back.
+    eventually("presence to be rebuilt", || async {
+        redis.cli(&["hlen", "sb:u:{bob}:conns"]).await == "1" && redis.cli(&["hlen", "sb:u:{alice}:conns"]).await == "1"
+    })
+    .await;
+    for node in &nodes {
+        eventually("the node to be ready again", || async { get(node.public, "/readyz", &[]).await.status == 200 })
+            .await;
+    }
+    let (msg, status) = alice.send_message("after", "bob", json!("still here")).await;
+    assert_eq!(status, AcceptStatus::Routed);
+    assert_eq!(bob.recv_message().await.msg, msg);
+
+    // New connections learn that the stored state was lost.
+    let carol = Client::connect(&nodes[0].ws_url(), "carol").await;
+    assert_ne!(carol.welcome.epoch, old_epoch);
+}
+
+#[tokio::test]
+async fn redis_down_means_not_ready_and_errors_then_recovery() {
+    let mut redis = RedisServer::start().await;
+    let nodes = nodes(&redis.url(), 1, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+
+    redis.stop().await;
+    eventually("readyz to fail", || async { get(nodes[0].public, "/readyz", &[]).await.status == 503 }).await;
+    alice
+        .send(&ClientFrame::Send {
+            id: "lost".parse_id(),
+            to: UserId::parse("bob").unwrap(),
+            body: Body::from_value(&json!(1)),
+        })
+        .await;
+    match alice.recv().await {
+        ServerFrame::Error { id, code, .. } => assert_eq!((id.unwrap().as_str(), code), ("lost", ErrorCode::Internal)),
+        other => panic!("expected an internal error, got {other:?}"),
+    }
+
+    redis.start_again().await;
+    eventually("readyz to recover", || async { get(nodes[0].public, "/readyz", &[]).await.status == 200 }).await;
+    let (_, status) = alice.send_message("lost", "bob", json!(1)).await;
+    assert_eq!(status, AcceptStatus::Stored);
+    assert!(scrape(nodes[0].metrics).await.value("switchboard_redis_errors_total", &[]) >= 1.0);
+}
+
+trait ParseId {
+    fn parse_id(self) -> switchboard_protocol::ClientMsgId;
+}
+
+impl ParseId for &str {
+    fn parse_id(self) -> switchboard_protocol::ClientMsgId {
+        switchboard_protocol::ClientMsgId::parse(self).unwrap()
+    }
+}
+
+fn deliver(to: &str, i: u64) -> Routed {
+    Routed::Deliver {
+        delivery: Delivery {
+            msg: MsgId::new(),
+            from: UserId::parse("burst").unwrap(),
+            to: UserId::parse(to).unwrap(),
+            body: Body::from_value(&json!(i)),
+            ts: 0,
+        },
+        reply_to: None,
+        received_us: 0,
+        stored_as: None,
+    }
+}
+
+fn spublish(channel: &str, envelope: &Envelope) -> Vec<Vec<u8>> {
+    vec![b"SPUBLISH".to_vec(), channel.as_bytes().to_vec(), envelope.encode().unwrap()]
+}
+
+#[tokio::test]
+async fn a_burst_of_100_000_envelopes_arrives_whole() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis.url(), 1, &["--send-queue-bytes", "268435456"]).await;
+    let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
+    let incarnation = uuid::Uuid::now_v7();
+    let mut expected = Vec::new();
+    let commands: Vec<_> = (1..=100_000u64)
+        .map(|seq| {
+            let item = deliver("bob", seq);
+            if let Routed::Deliver { delivery, .. } = &item {
+                expected.push(delivery.msg);
+            }
+            let envelope = Envelope { node: "burst".to_owned(), incarnation, seq, items: vec![item] };
+            spublish("sb:n:{node-0}:ch", &envelope)
+        })
+        .collect();
+    let receivers = redis.pipeline(commands).await;
+    assert!(receivers.iter().all(|n| *n == 1), "every publish reached the node");
+
+    let received = within("100,000 messages", async {
+        let mut received = Vec::with_capacity(expected.len());
+        while received.len() < expected.len() {
+            received.push(bob.recv_message().await.msg);
+        }
+        received
+    })
+    .await;
+    assert_eq!(received, expected);
+    assert_eq!(scrape(nodes[0].metrics).await.value("switchboard_route_gaps_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_sequence_gap_is_counted_and_repaired_from_the_inbox() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis.url(), 1, &[]).await;
+    let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
+
+    // A message is stored in bob's inbox, and its envelope is "lost": the
+    // publisher's next envelopes skip a sequence number.
+    let lost = deliver("bob", 7);
+    let Routed::Deliver { delivery: lost_delivery, .. } = &lost else { unreachable!() };
+    let stored =
+        vec![b"XADD".to_vec(), b"sb:u:{bob}:inbox".to_vec(), b"*".to_vec(), b"m".to_vec(), lost.encode().unwrap()];
+    let incarnation = uuid::Uuid::now_v7();
+    let first = deliver("bob", 1);
+    let third = deliver("bob", 3);
+    let ids: Vec<MsgId> = [&first, &third]
+        .iter()
+        .map(|r| match r {
+            Routed::Deliver { delivery, .. } => delivery.msg,
+            _ => unreachable!(),
+        })
+        .collect();
+    let envelope = |seq, item| Envelope { node: "other".to_owned(), incarnation, seq, items: vec![item] };
+    redis
+        .pipeline(vec![
+            stored,
+            spublish("sb:n:{node-0}:ch", &envelope(1, first)),
+            spublish("sb:n:{node-0}:ch", &envelope(3, third)),
+        ])
+        .await;
+
+    let mut got = HashSet::new();
+    for _ in 0..3 {
+        got.insert(bob.recv_message().await.msg);
+    }
+    assert_eq!(got, HashSet::from([ids[0], ids[1], lost_delivery.msg]));
+    assert_eq!(scrape(nodes[0].metrics).await.value("switchboard_route_gaps_total", &[]), 1.0);
+}
