@@ -1,6 +1,7 @@
 //! `sb-load`: drives real Switchboard nodes over loopback and reports what
 //! they cost. Every run is bounded in connections and time.
 
+mod chat;
 mod idle;
 mod proc;
 
@@ -19,12 +20,15 @@ struct Cli {
 enum Scenario {
     /// Open idle connections and report the nodes' memory per connection.
     Idle(idle::Args),
+    /// Open-loop 1:1 messages at a fixed rate, cross-node; latency, losses and server CPU per message.
+    Chat(chat::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Idle(args) => idle::run(args).await,
+        Scenario::Chat(args) => chat::run(args).await,
     }
 }
 

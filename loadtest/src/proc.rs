@@ -12,3 +12,62 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")?;
     Ok(kib * 1024)
 }
+
+/// Clock ticks per second of `utime`/`stime` in /proc (`USER_HZ`), 100 on Linux.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time `pid` has used so far, user plus system, in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid}"))?;
+    // The command name (field 2) may hold spaces and parentheses: fields are
+    // counted from the last ')'. After it come field 3 (state) onwards, so
+    // utime (field 14) and stime (field 15) are at positions 11 and 12.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("malformed /proc stat");
+    Ok((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
+}
+
+/// The soft limit on open files of this process, when /proc tells it.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// Logical CPUs and the CPU model, for the report.
+pub fn machine() -> (usize, String) {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    (nproc, model)
+}
+
+/// The 1, 5 and 15 minute load averages, to tell a busy machine from an idle one.
+pub fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(rss_bytes(pid).unwrap_or(0) > 0);
+        assert!(cpu_seconds(pid).is_ok());
+        assert!(open_files_limit().unwrap_or(1) > 0);
+        assert!(machine().0 > 0);
+        assert!(load_average().is_some());
+    }
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchboard_presence::{Ack, Letter, Outgoing, Push, unix_micros};
 use switchboard_protocol::{
-    AcceptStatus, ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
+    ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
 };
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -52,6 +52,19 @@ enum End {
 }
 
 impl End {
+    /// The `reason` label of `switchboard_disconnects_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Gone => "client",
+            Self::Idle => "idle",
+            Self::TooLarge => "too_large",
+            Self::Abuse => "abuse",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Draining => "draining",
+            Self::Internal => "internal",
+        }
+    }
+
     fn close_frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             Self::Gone => return None,
@@ -124,7 +137,10 @@ where
         // Registered (in the hub, then in presence) before the inbox is read:
         // a message accepted meanwhile arrives live or in this replay. The
         // welcome follows, so a client that has it is reachable.
-        let letters = match self.node.backend.connect(&self.session.user, self.session.conn).await {
+        let timer = self.node.metrics.backend_connect.start_timer();
+        let connected = self.node.backend.connect(&self.session.user, self.session.conn).await;
+        timer.observe_duration();
+        let letters = match connected {
             Ok(letters) => letters,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
@@ -142,6 +158,7 @@ where
         if let Err(end) = self.feed(&welcome).await {
             return end;
         }
+        self.node.metrics.inbox_replayed.inc_by(letters.len() as u64);
         for letter in letters {
             self.replayed.insert(letter.delivery.msg);
             self.remember(&letter);
@@ -273,39 +290,27 @@ where
                 let outgoing = Outgoing {
                     from: self.session.user.clone(),
                     id: Some(id.clone()),
+                    receipt: true,
                     to,
                     body,
                     received_us: unix_micros(),
                 };
-                match self.node.backend.send(outgoing).await {
+                match self.node.send(outgoing).await {
                     Ok(accepted) => {
-                        let counter = match (accepted.duplicate, accepted.status) {
-                            (true, _) => &self.node.metrics.messages_in_duplicate,
-                            (false, AcceptStatus::Routed) => &self.node.metrics.messages_in_routed,
-                            (false, AcceptStatus::Stored) => &self.node.metrics.messages_in_stored,
-                        };
-                        counter.inc();
                         self.write(&ServerFrame::Accepted { id, msg: accepted.msg, status: accepted.status }).await
                     }
-                    Err(error) => {
-                        self.node.metrics.messages_in_rejected.inc();
-                        self.node.metrics.redis_errors.inc();
-                        tracing::warn!(%error, "send not accepted");
+                    Err(_) => {
                         let message = "not accepted: backend unavailable; resend with the same id";
                         self.error(Some(id), ErrorCode::Internal, message).await
                     }
                 }
             }
-            ClientFrame::Presence { users } => match self.node.backend.online(&users).await {
+            ClientFrame::Presence { users } => match self.node.online(&users).await {
                 Ok(counts) => {
                     let online = users.into_iter().zip(counts).map(|(user, n)| (user, n > 0)).collect();
                     self.write(&ServerFrame::Presence { online }).await
                 }
-                Err(error) => {
-                    self.node.metrics.redis_errors.inc();
-                    tracing::warn!(%error, "presence query failed");
-                    self.error(None, ErrorCode::Internal, "presence unavailable").await
-                }
+                Err(_) => self.error(None, ErrorCode::Internal, "presence unavailable").await,
             },
             ClientFrame::Ping => self.write(&ServerFrame::Pong).await,
             ClientFrame::Ack { msg } => self.ack(msg).await,
@@ -315,7 +320,10 @@ where
     async fn ack(&mut self, msg: MsgId) -> Result<(), End> {
         let letter = self.unacked.remove(&msg);
         let ack = Ack { user: self.session.user.clone(), msg, letter };
-        if let Err(error) = self.node.backend.ack(ack).await {
+        let timer = self.node.metrics.backend_ack.start_timer();
+        let acked = self.node.backend.ack(ack).await;
+        timer.observe_duration();
+        if let Err(error) = acked {
             self.node.metrics.redis_errors.inc();
             tracing::warn!(%error, "ack not recorded");
             return self.error(None, ErrorCode::Internal, "ack not recorded; ack again").await;
@@ -324,6 +332,7 @@ where
     }
 
     async fn error(&mut self, id: Option<ClientMsgId>, code: ErrorCode, message: &str) -> Result<(), End> {
+        self.node.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
         self.write(&ServerFrame::Error { id, code, message: message.to_owned() }).await
     }
 
@@ -363,6 +372,7 @@ where
     /// the close, so that frames it still had in flight do not turn the
     /// close into a reset that could swallow the close frame.
     async fn close(&mut self, end: End) {
+        self.node.metrics.disconnects.with_label_values(&[end.label()]).inc();
         if end == End::SlowConsumer {
             self.node.metrics.slow_consumer_disconnects.inc();
         }

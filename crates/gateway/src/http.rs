@@ -1,6 +1,7 @@
-//! The public port: WebSocket upgrades at `/ws`, health at `/healthz` and
-//! `/readyz`. Everything about a request is settled here (auth, protocol,
-//! capacity) so the connection task starts with a known user.
+//! The public port: WebSocket upgrades at `/ws`, the server API at `/v1/*`,
+//! health at `/healthz` and `/readyz`. Everything about an upgrade is settled
+//! here (auth, protocol, capacity) so the connection task starts with a known
+//! user.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::api;
 use crate::connection::{self, Session};
 use crate::node::Node;
 
@@ -57,7 +59,7 @@ pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationTo
         requests.spawn(async move {
             let service = service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, Infallible>(route(&node, req)) }
+                async move { Ok::<_, Infallible>(route(&node, req).await) }
             });
             let conn = http1::Builder::new()
                 .max_buf_size(MAX_HEADER_BYTES)
@@ -79,9 +81,10 @@ pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationTo
     requests.wait().await;
 }
 
-fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/ws" => upgrade(node, req),
+        path if path.starts_with("/v1/") => api::handle(node, req).await,
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if node.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),

@@ -3,6 +3,7 @@
 //! the backend delivers into. The `switchboard` binary is a thin shell over
 //! [`serve`].
 
+mod api;
 mod auth;
 mod config;
 mod connection;

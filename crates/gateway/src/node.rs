@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_metrics::Metrics;
-use switchboard_presence::{Backend, Counters, Settings};
+use switchboard_presence::{Accepted, Backend, BackendError, Counters, Outgoing, Settings};
+use switchboard_protocol::{AcceptStatus, UserId};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,38 @@ pub struct Node {
 }
 
 impl Node {
+    /// Hands a message (from a client or the server API) to the backend and
+    /// counts the outcome.
+    pub async fn send(&self, outgoing: Outgoing) -> Result<Accepted, BackendError> {
+        let timer = self.metrics.backend_send.start_timer();
+        let result = self.backend.send(outgoing).await;
+        timer.observe_duration();
+        let counter = match &result {
+            Ok(Accepted { duplicate: true, .. }) => &self.metrics.messages_in_duplicate,
+            Ok(Accepted { status: AcceptStatus::Routed, .. }) => &self.metrics.messages_in_routed,
+            Ok(Accepted { status: AcceptStatus::Stored, .. }) => &self.metrics.messages_in_stored,
+            Err(error) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(%error, "send not accepted");
+                &self.metrics.messages_in_rejected
+            }
+        };
+        counter.inc();
+        result
+    }
+
+    /// How many connections each user has, anywhere; timed and counted.
+    pub async fn online(&self, users: &[UserId]) -> Result<Vec<usize>, BackendError> {
+        let timer = self.metrics.backend_presence.start_timer();
+        let result = self.backend.online(users).await;
+        timer.observe_duration();
+        if let Err(error) = &result {
+            self.metrics.redis_errors.inc();
+            tracing::warn!(%error, "presence lookup failed");
+        }
+        result
+    }
+
     pub fn is_ready(&self) -> bool {
         !self.drain.is_cancelled() && self.backend.is_ready()
     }

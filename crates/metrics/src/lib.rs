@@ -1,18 +1,32 @@
 //! Switchboard's metrics: one explicit [`prometheus::Registry`] per node,
-//! the handles the hot path increments (pre-resolved, so an update is one
-//! atomic add), and the exporter that serves them on the internal port.
+//! the handles the hot path increments (label values resolved once, so an
+//! update is one atomic add, no lock, no allocation), and the exporter that
+//! serves them on the internal port.
 //!
 //! Label values are bounded: never a user or connection id.
 
 mod exporter;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub use exporter::serve;
 
-/// Buckets for routing latency: 100 us to 5 s.
-const ROUTE_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Buckets for latencies: 50 us to 5 s.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Why a connection ended, as counted in `switchboard_disconnects_total`.
+pub const DISCONNECT_REASONS: [&str; 7] =
+    ["client", "idle", "too_large", "abuse", "slow_consumer", "draining", "internal"];
+
+/// Error codes sent to clients, as counted in `switchboard_client_errors_total`.
+pub const ERROR_CODES: [&str; 5] = ["bad_frame", "too_large", "rate_limited", "invalid_recipient", "internal"];
+
+/// Backend operations timed in `switchboard_backend_seconds`.
+pub const BACKEND_OPS: [&str; 4] = ["send", "connect", "ack", "presence"];
 
 /// Every metric of one node, registered in its own registry.
 #[derive(Clone, Debug)]
@@ -29,77 +43,122 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
     pub inbox_stored: IntCounter,
+    pub inbox_replayed: IntCounter,
     pub route_gaps: IntCounter,
+    /// By [`DISCONNECT_REASONS`].
+    pub disconnects: IntCounterVec,
+    /// By [`ERROR_CODES`].
+    pub client_errors: IntCounterVec,
+    /// `switchboard_backend_seconds`, one per operation of [`BACKEND_OPS`].
+    pub backend_send: Histogram,
+    pub backend_connect: Histogram,
+    pub backend_ack: Histogram,
+    pub backend_presence: Histogram,
 }
 
 impl Metrics {
     /// Creates and registers every metric, at zero, for node `node`.
     pub fn new(node: &str) -> Self {
         let registry = Registry::new();
-        let connections = IntGauge::new("switchboard_connections", "Open client WebSocket connections");
-        let connections_total = IntCounter::new("switchboard_connections_total", "Client WebSocket connections opened");
-        let messages = IntCounterVec::new(
-            Opts::new("switchboard_messages_total", "Messages by direction and outcome"),
-            &["direction", "outcome"],
+        let r = &registry;
+        let messages = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("switchboard_messages_total", "Messages in (send frames, API sends) and out, by outcome"),
+                &["direction", "outcome"],
+            ),
         );
-        let route_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "switchboard_route_seconds",
-                "From a send received to the message frame written on the recipient's node",
-            )
-            .buckets(ROUTE_BUCKETS.to_vec()),
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("switchboard_build_info", "Build and node of this process, always 1"),
+                &["version", "node"],
+            ),
         );
-        let redis_errors = IntCounter::new("switchboard_redis_errors_total", "Failed backend (Redis) operations");
-        let slow_consumer_disconnects = IntCounter::new(
-            "switchboard_slow_consumer_disconnects_total",
-            "Connections closed because their send queue overflowed",
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
+        let disconnects = register(
+            r,
+            IntCounterVec::new(Opts::new("switchboard_disconnects_total", "Connections ended, by reason"), &["reason"]),
         );
-        let inbox_stored = IntCounter::new("switchboard_inbox_stored_total", "Messages written to an inbox");
-        let route_gaps = IntCounter::new(
-            "switchboard_route_gaps_total",
-            "Envelopes from other nodes detected missing by sequence number",
+        let client_errors = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("switchboard_client_errors_total", "Error frames sent to clients, by code"),
+                &["code"],
+            ),
         );
-        let build_info = IntGaugeVec::new(
-            Opts::new("switchboard_build_info", "Build and node of this process, always 1"),
-            &["version", "node"],
+        let backend_seconds = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new("switchboard_backend_seconds", "Time of backend (Redis) operations, by operation")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["op"],
+            ),
         );
-
-        // Names and label sets are constants: creation and registration of
-        // this fixed set cannot fail.
-        #[allow(clippy::expect_used)]
-        let metrics = (|| -> prometheus::Result<Self> {
-            let messages = messages?;
-            let build_info = build_info?;
-            build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
-            let metrics = Self {
-                connections: connections?,
-                connections_total: connections_total?,
-                messages_in_routed: messages.with_label_values(&["in", "routed"]),
-                messages_in_stored: messages.with_label_values(&["in", "stored"]),
-                messages_in_duplicate: messages.with_label_values(&["in", "duplicate"]),
-                messages_in_rejected: messages.with_label_values(&["in", "rejected"]),
-                messages_out_delivered: messages.with_label_values(&["out", "delivered"]),
-                route_seconds: route_seconds?,
-                redis_errors: redis_errors?,
-                slow_consumer_disconnects: slow_consumer_disconnects?,
-                inbox_stored: inbox_stored?,
-                route_gaps: route_gaps?,
-                registry,
-            };
-            let r = &metrics.registry;
-            r.register(Box::new(metrics.connections.clone()))?;
-            r.register(Box::new(metrics.connections_total.clone()))?;
-            r.register(Box::new(messages))?;
-            r.register(Box::new(metrics.route_seconds.clone()))?;
-            r.register(Box::new(metrics.redis_errors.clone()))?;
-            r.register(Box::new(metrics.slow_consumer_disconnects.clone()))?;
-            r.register(Box::new(metrics.inbox_stored.clone()))?;
-            r.register(Box::new(metrics.route_gaps.clone()))?;
-            r.register(Box::new(build_info))?;
-            Ok(metrics)
-        })()
-        .expect("the fixed metric set registers");
-        metrics
+        // Every label value exists from the start, at zero.
+        for reason in DISCONNECT_REASONS {
+            disconnects.with_label_values(&[reason]);
+        }
+        for code in ERROR_CODES {
+            client_errors.with_label_values(&[code]);
+        }
+        let [backend_send, backend_connect, backend_ack, backend_presence] =
+            BACKEND_OPS.map(|op| backend_seconds.with_label_values(&[op]));
+        Self {
+            connections: register(r, IntGauge::new("switchboard_connections", "Open client WebSocket connections")),
+            connections_total: register(
+                r,
+                IntCounter::new("switchboard_connections_total", "Client WebSocket connections opened"),
+            ),
+            messages_in_routed: messages.with_label_values(&["in", "routed"]),
+            messages_in_stored: messages.with_label_values(&["in", "stored"]),
+            messages_in_duplicate: messages.with_label_values(&["in", "duplicate"]),
+            messages_in_rejected: messages.with_label_values(&["in", "rejected"]),
+            messages_out_delivered: messages.with_label_values(&["out", "delivered"]),
+            route_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "switchboard_route_seconds",
+                        "From a send received to the message frame written on the recipient's node",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                ),
+            ),
+            redis_errors: register(
+                r,
+                IntCounter::new("switchboard_redis_errors_total", "Failed backend (Redis) operations"),
+            ),
+            slow_consumer_disconnects: register(
+                r,
+                IntCounter::new(
+                    "switchboard_slow_consumer_disconnects_total",
+                    "Connections closed because their send queue overflowed",
+                ),
+            ),
+            inbox_stored: register(
+                r,
+                IntCounter::new("switchboard_inbox_stored_total", "Messages written to an inbox"),
+            ),
+            inbox_replayed: register(
+                r,
+                IntCounter::new("switchboard_inbox_replayed_total", "Inbox messages replayed to connecting clients"),
+            ),
+            route_gaps: register(
+                r,
+                IntCounter::new(
+                    "switchboard_route_gaps_total",
+                    "Envelopes from other nodes detected missing by sequence number",
+                ),
+            ),
+            disconnects,
+            client_errors,
+            backend_send,
+            backend_connect,
+            backend_ack,
+            backend_presence,
+            registry,
+        }
     }
 
     /// The registry in Prometheus text format.
@@ -111,6 +170,16 @@ impl Metrics {
     }
 }
 
+/// Registers `metric` (created from constant names and labels, so neither
+/// step can fail for this fixed set) and returns it.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+    #[allow(clippy::expect_used)]
+    let metric = metric.expect("metric definitions are constant and valid");
+    #[allow(clippy::expect_used)]
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,19 +188,22 @@ mod tests {
     fn every_contract_metric_exists_at_start() {
         let text = Metrics::new("n1").render();
         for name in [
-            "switchboard_connections ",
-            "switchboard_connections_total ",
+            "switchboard_connections 0",
+            "switchboard_connections_total 0",
             "switchboard_messages_total{direction=\"in\",outcome=\"routed\"} 0",
             "switchboard_messages_total{direction=\"in\",outcome=\"stored\"} 0",
             "switchboard_messages_total{direction=\"in\",outcome=\"duplicate\"} 0",
             "switchboard_messages_total{direction=\"in\",outcome=\"rejected\"} 0",
             "switchboard_messages_total{direction=\"out\",outcome=\"delivered\"} 0",
-            "switchboard_route_seconds_bucket",
+            "switchboard_route_seconds_bucket{le=\"0.001\"} 0",
             "switchboard_redis_errors_total 0",
             "switchboard_slow_consumer_disconnects_total 0",
             "switchboard_inbox_stored_total 0",
             "switchboard_route_gaps_total 0",
             "switchboard_build_info{node=\"n1\",version=",
+            "switchboard_disconnects_total{reason=\"slow_consumer\"} 0",
+            "switchboard_client_errors_total{code=\"rate_limited\"} 0",
+            "switchboard_backend_seconds_count{op=\"send\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -100,6 +100,8 @@ pub struct Outgoing {
     pub from: UserId,
     /// The sender's idempotency key; dedupes within [`DEDUPE_WINDOW`].
     pub id: Option<ClientMsgId>,
+    /// Whether the sender wants a receipt (by `id`) when the recipient acks.
+    pub receipt: bool,
     pub to: UserId,
     pub body: Body,
     /// When this node received it (Unix microseconds).

@@ -106,9 +106,10 @@ async fn sweep(state: Arc<State>, stop: CancellationToken) {
 
 impl State {
     fn send(&self, outgoing: Outgoing) -> Accepted {
-        let Outgoing { from, id, to, body, received_us } = outgoing;
+        let Outgoing { from, id, receipt, to, body, received_us } = outgoing;
+        let reply_to = id.clone().filter(|_| receipt);
         let delivery = Arc::new(Delivery { msg: MsgId::new(), from: from.clone(), to, body, ts: received_us / 1000 });
-        let letter = Letter { delivery, reply_to: id.clone(), received_us, stored_as: None };
+        let letter = Letter { delivery, reply_to, received_us, stored_as: None };
         let Some(id) = id else { return self.route(letter) };
 
         let now = Instant::now();

@@ -43,7 +43,7 @@ use crate::{
 /// `internal` error instead of waiting on a Redis that is gone.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pub/sub messages buffered for the subscriber task before it lags.
-const SUBSCRIBER_BUFFER: usize = 1 << 17;
+const SUBSCRIBER_BUFFER: usize = 1 << 13;
 /// Items in one envelope at most.
 const MAX_BATCH: usize = 256;
 /// Concurrent commands when re-registering or sweeping many entries.
@@ -87,20 +87,28 @@ impl RedisBackend {
         local: Arc<dyn Local>,
         counters: Counters,
     ) -> Result<Self, BackendError> {
-        let mut builder = Builder::from_config(Config::from_url(url)?);
-        builder
-            .with_performance_config(|p| {
-                p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
-            })
-            .with_connection_config(|c| {
-                c.connection_timeout = COMMAND_TIMEOUT;
-                c.internal_command_timeout = COMMAND_TIMEOUT;
-                c.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-        let client = builder.build()?;
-        let subscriber = builder.build_subscriber_client()?;
+        let config = Config::from_url(url)?;
+        let build = |buffer: Option<usize>| {
+            let mut builder = Builder::from_config(config.clone());
+            builder
+                .with_performance_config(|p| {
+                    p.default_command_timeout = COMMAND_TIMEOUT;
+                    if let Some(buffer) = buffer {
+                        p.broadcast_channel_capacity = buffer;
+                    }
+                })
+                .with_connection_config(|c| {
+                    c.connection_timeout = COMMAND_TIMEOUT;
+                    c.internal_command_timeout = COMMAND_TIMEOUT;
+                    c.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+            builder
+        };
+        // fred allocates every broadcast channel of a client at this size:
+        // only the subscriber needs a deep one.
+        let client = build(None).build()?;
+        let subscriber = build(Some(SUBSCRIBER_BUFFER)).build_subscriber_client()?;
         client.init().await?;
         subscriber.init().await?;
 
@@ -196,12 +204,13 @@ impl RedisBackend {
         let inner = &self.inner;
         inner.stop.cancel();
         inner.routes.clear();
+        // Quitting closes the pub/sub stream, which ends the reader thread.
+        let _ = inner.subscriber.quit().await;
         inner.tasks.close();
         inner.tasks.wait().await;
         if let Err(error) = inner.deregister().await {
             tracing::warn!(%error, "could not remove this node from presence; the sweeper will");
         }
-        let _ = inner.subscriber.quit().await;
         let _ = inner.client.quit().await;
     }
 }
@@ -257,11 +266,12 @@ impl Inner {
     }
 
     async fn send(self: &Arc<Self>, outgoing: Outgoing) -> Result<Accepted, BackendError> {
-        let Outgoing { from, id, to, body, received_us } = outgoing;
+        let Outgoing { from, id, receipt, to, body, received_us } = outgoing;
+        let reply_to = id.clone().filter(|_| receipt);
         let msg = MsgId::new();
         let delivery = Delivery { msg, from: from.clone(), to: to.clone(), body, ts: received_us / 1000 };
         let durable = self.settings.mode == Mode::Durable;
-        let mut letter = Letter { delivery: Arc::new(delivery), reply_to: id.clone(), received_us, stored_as: None };
+        let mut letter = Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as: None };
         let sent_key = id.as_ref().map(|id| self.keys.sent(&to, &from, id));
         let StoreReply { previous, entry, conns } = self.store(&letter, durable, sent_key.as_deref()).await?;
         if let Some(previous) = previous {
@@ -420,31 +430,49 @@ impl Inner {
         }
     }
 
-    /// Reads this node's channel and hands what arrives to local connections.
+    /// Reads this node's channel on a thread of its own that only moves
+    /// each payload to an unbounded queue: the scheduler cannot starve it,
+    /// so the client's preallocated pub/sub buffer does not overflow in a
+    /// burst, and the queue grows only while a burst is being delivered.
+    /// The thread ends when the subscriber quits.
     async fn listen(self: Arc<Self>) {
         let mut messages = self.subscriber.message_rx();
+        let (arrived, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let inner = self.clone();
+        self.tasks.spawn_blocking(move || {
+            loop {
+                match messages.blocking_recv() {
+                    Ok(message) => match message.value.into_bytes() {
+                        Some(payload) => {
+                            let _ = arrived.send(payload);
+                        }
+                        None => tracing::warn!(channel = %message.channel, "ignoring a non-binary envelope"),
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        // The sequence check counts the gap; repair now in
+                        // case nothing follows the lost envelopes.
+                        tracing::warn!(missed, "subscriber fell behind: envelopes lost");
+                        inner.repair();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         let mut reconnects = self.subscriber.reconnect_rx();
         loop {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
+                payload = queue.recv() => match payload.map(|p| Envelope::decode(&p)) {
+                    Some(Ok(envelope)) => self.receive(envelope),
+                    Some(Err(error)) => tracing::warn!(%error, "ignoring a malformed envelope"),
+                    None => return,
+                },
                 _ = reconnects.recv() => {
                     // Whatever was published while disconnected is gone.
                     tracing::info!("redis subscriber reconnected");
                     self.repair();
                 }
-                message = messages.recv() => match message {
-                    Ok(message) => match message.value.as_bytes().map(Envelope::decode) {
-                        Some(Ok(envelope)) => self.receive(envelope),
-                        _ => tracing::warn!(channel = %message.channel, "ignoring a malformed envelope"),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        self.counters.route_gaps.inc_by(missed);
-                        tracing::warn!(missed, "subscriber fell behind: envelopes lost");
-                        self.repair();
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
             }
         }
     }

@@ -157,6 +157,29 @@ impl Client {
         }
     }
 
+    /// The next data frame, or `None` once the connection is closed or
+    /// broken; for clients that reconnect instead of failing the test.
+    pub async fn try_recv(&mut self) -> Option<ServerFrame> {
+        loop {
+            let bytes = match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
+                Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+            };
+            return self.codec.decode_server(&bytes).ok();
+        }
+    }
+
+    /// Sends without failing the test when the connection is gone.
+    pub async fn try_send(&mut self, frame: &ClientFrame) -> bool {
+        let message = match self.codec.encode_client(frame) {
+            Encoded::Text(text) => Message::text(text),
+            Encoded::Binary(bytes) => Message::binary(bytes),
+        };
+        self.ws.send(message).await.is_ok()
+    }
+
     /// The next `message` frame.
     pub async fn recv_message(&mut self) -> Arc<Delivery> {
         match self.recv().await {

@@ -17,7 +17,7 @@ pub use client::{Client, Connect, ConnectError};
 pub use http::{HttpResponse, get, post_json};
 pub use metrics::{Scrape, scrape};
 pub use node::{NodeProcess, switchboard_bin};
-pub use redis::{RedisCluster, RedisServer};
+pub use redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE};
 
 use std::time::Duration;
 

@@ -1,0 +1,125 @@
+//! The server API for application backends: `POST /v1/send` and
+//! `GET /v1/presence/{user}`, behind a bearer key compared in constant time.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+use switchboard_presence::{Outgoing, unix_micros};
+use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, UserId};
+
+use crate::http::json_error;
+use crate::node::Node;
+
+/// Largest request body accepted, beyond the largest client frame.
+const BODY_OVERHEAD: usize = 1024;
+
+#[derive(Deserialize)]
+struct SendRequest {
+    to: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    body: Option<Box<RawValue>>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(refusal) = refuse(node, &req) {
+        return refusal;
+    }
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::POST, "/v1/send") => send(node, req).await,
+        (&Method::GET, p) if p.starts_with("/v1/presence/") => presence(node, &p["/v1/presence/".len()..]).await,
+        (_, "/v1/send") => json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
+        (_, p) if p.starts_with("/v1/presence/") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
+    }
+}
+
+/// 403 when no key is configured; 401 unless the bearer key matches.
+fn refuse<B>(node: &Node, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    let Some(key) = &node.config.api_key else {
+        return Some(json_error(StatusCode::FORBIDDEN, "forbidden", "the server API is off: no api-key configured"));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    let matches = bool::from(given.ct_eq(key.as_bytes()));
+    (!matches).then(|| json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer key"))
+}
+
+async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let limit = node.config.max_frame_bytes + BODY_OVERHEAD;
+    let bytes = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            let message = format!("request body over {limit} bytes");
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &message);
+        }
+    };
+    let request: SendRequest = match serde_json::from_slice(&bytes) {
+        Ok(request) => request,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid JSON: {error}")),
+    };
+    let to = match UserId::parse(&request.to) {
+        Ok(to) => to,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "invalid_recipient", &format!("`to` {error}")),
+    };
+    let from = match UserId::parse(request.from.as_deref().unwrap_or("system")) {
+        Ok(from) => from,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`from` {error}")),
+    };
+    let id = match request.id.as_deref().map(ClientMsgId::parse).transpose() {
+        Ok(id) => id,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`id` {error}")),
+    };
+    let body = request.body.map_or_else(Body::null, Body::from_raw);
+    let outgoing = Outgoing { from, id, receipt: false, to, body, received_us: unix_micros() };
+    match node.send(outgoing).await {
+        Ok(accepted) => {
+            let status = match accepted.status {
+                AcceptStatus::Routed => "routed",
+                AcceptStatus::Stored => "stored",
+            };
+            json(StatusCode::ACCEPTED, &serde_json::json!({ "msg": accepted.msg, "status": status }))
+        }
+        Err(_) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "backend unavailable; retry with the same id")
+        }
+    }
+}
+
+async fn presence(node: &Arc<Node>, user: &str) -> Response<Full<Bytes>> {
+    let user = match UserId::parse(user) {
+        Ok(user) => user,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "invalid_user", &format!("user id {error}")),
+    };
+    match node.online(std::slice::from_ref(&user)).await {
+        Ok(counts) => {
+            let connections = counts.first().copied().unwrap_or(0);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "user": user, "online": connections > 0, "connections": connections }),
+            )
+        }
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "backend unavailable"),
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,917 @@
+//! Open-loop 1:1 chat traffic: messages at a fixed rate between connected
+//! users, cross-node where there are several nodes, measured end to end
+//! (latency, losses, duplicates) together with what the servers spent on it
+//! (CPU time and memory of the node and Redis processes).
+//!
+//! Open loop: a scheduler issues sends on a fixed timetable whatever the
+//! server answers. Each connection has a writer task fed through a bounded
+//! queue; a message whose writer is that far behind is counted as not sent
+//! instead of delaying the timetable. Latency runs from the moment the
+//! scheduler issued a message (its body's `t`) to the moment the recipient's
+//! reader decoded it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use switchboard_protocol::{AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Encoded, MsgId, ServerFrame, UserId};
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+use crate::proc::{cpu_seconds, load_average, machine, open_files_limit, rss_bytes};
+
+const MAX_USERS: usize = 20_000;
+const MAX_RATE: f64 = 1_000_000.0;
+const MAX_DURATION: Duration = Duration::from_secs(600);
+const MAX_BODY_BYTES: usize = 60_000;
+/// Messages waiting for one connection's writer before further ones are dropped.
+const SEND_QUEUE: usize = 64;
+/// Acks waiting for one connection's writer (the server tracks 4096 unacked).
+const ACK_QUEUE: usize = 4096;
+/// How long to wait for messages still on their way after sending stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Readers record latencies into this many histograms, to keep locks uncontended.
+const HISTOGRAM_SHARDS: usize = 16;
+/// Share of the nodes' per-connection rate limit a connection may be offered.
+const RATE_LIMIT_HEADROOM: f64 = 0.9;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Protocol {
+    Json,
+    Msgpack,
+}
+
+impl Protocol {
+    fn codec(self) -> Codec {
+        match self {
+            Self::Json => Codec::Json,
+            Self::Msgpack => Codec::MsgPack,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Node address (host:port, loopback only), repeatable; user i connects to node i % nodes.
+    #[arg(long = "node", required = true)]
+    nodes: Vec<SocketAddr>,
+    /// Process id of a node (same order as --node), repeatable: its CPU time and memory are measured.
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Process id of Redis, measured like the nodes.
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    /// Source addresses to connect from, repeatable (127.0.0.x).
+    #[arg(long = "source", default_value = "127.0.0.1")]
+    sources: Vec<IpAddr>,
+    /// Users, one connection each (ids u-0 .. u-N); at most 20000.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Messages per second offered in all; at most 1000000.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// The measured window; at most 10 minutes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Traffic before the measured window, not counted; at most 10 minutes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Size of each message body (JSON text) in bytes.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Recipients ack every message (in durable mode this empties the inboxes).
+    #[arg(long)]
+    ack: bool,
+    /// Client encoding.
+    #[arg(long, value_enum, default_value = "json")]
+    protocol: Protocol,
+    /// The nodes' --rate-limit (messages per second per connection); sb-load refuses to offer a
+    /// connection more than 90% of it.
+    #[arg(long, default_value_t = 100.0)]
+    rate_limit: f64,
+    /// JWT secret of the nodes.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET")]
+    jwt_secret: String,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Free text stored in the report (for instance "durable" or "fast").
+    #[arg(long)]
+    label: Option<String>,
+    /// Seed of the choice of senders and recipients; random when left out.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+type Socket = WebSocketStream<tokio::net::TcpStream>;
+
+/// One message for a writer to send.
+struct Outgoing {
+    seq: u64,
+    to: u32,
+    /// When the scheduler issued it, Unix microseconds; goes into the body.
+    t_us: u64,
+}
+
+/// What the tasks share while traffic runs.
+struct Shared {
+    codec: Codec,
+    ack: bool,
+    /// Prefix of this run's send ids, so that a rerun within the server's
+    /// 10-minute dedupe memory does not reuse ids.
+    run: String,
+    /// First sequence number of the measured window.
+    window_first_seq: u64,
+    /// Unix microseconds when the window began; `u64::MAX` before.
+    window_start_us: AtomicU64,
+    user_ids: Vec<UserId>,
+    /// Padding that makes a body `--body-bytes` long.
+    padding: String,
+    /// Window messages handed to writers and not yet written (or failed).
+    pending_window: AtomicU64,
+    sent_window: AtomicU64,
+    /// Window messages a writer could not write.
+    write_failures: AtomicU64,
+    routed_window: AtomicU64,
+    stored_window: AtomicU64,
+    /// Window sends answered, by `accepted` or by `error`.
+    answered_window: AtomicU64,
+    /// Distinct messages of the window delivered.
+    delivered_window: AtomicU64,
+    latency: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Shared {
+    fn accepted_window(&self) -> u64 {
+        self.routed_window.load(Ordering::Relaxed) + self.stored_window.load(Ordering::Relaxed)
+    }
+
+    fn in_window_seq(&self, id: &ClientMsgId) -> Option<bool> {
+        let seq: u64 = id.as_str().strip_prefix(self.run.as_str())?.parse().ok()?;
+        Some(seq >= self.window_first_seq)
+    }
+}
+
+/// What one reader saw.
+#[derive(Default)]
+struct ConnStats {
+    delivered_warmup: u64,
+    duplicates: u64,
+    receipts: u64,
+    undecodable: u64,
+    bad_bodies: u64,
+    acks_dropped: u64,
+    errors_window: HashMap<&'static str, u64>,
+    errors_warmup: u64,
+    close: Option<String>,
+}
+
+/// CPU and memory of the measured processes at one moment.
+struct Sample {
+    cpu: Vec<f64>,
+    rss: Vec<u64>,
+    own_cpu: f64,
+}
+
+struct Process {
+    role: &'static str,
+    label: String,
+    pid: u32,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    validate(&args)?;
+    let codec = args.protocol.codec();
+    let nodes = args.nodes.len();
+    let processes = processes(&args);
+    // Fail early on a wrong pid.
+    sample(&processes)?;
+    let load_before = load_average();
+
+    let run_id = format!("{:x}-", now_us());
+    let window_first_seq = (args.warmup.as_secs_f64() * args.rate) as u64;
+    let total_seq = ((args.warmup + args.duration).as_secs_f64() * args.rate) as u64;
+    let overhead = format!(r#"{{"t":{},"p":""}}"#, now_us()).len();
+    let latency = (0..HISTOGRAM_SHARDS)
+        .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).map(Mutex::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shared = Arc::new(Shared {
+        codec,
+        ack: args.ack,
+        run: run_id,
+        window_first_seq,
+        window_start_us: AtomicU64::new(u64::MAX),
+        user_ids: (0..args.users).map(|i| UserId::parse(&format!("u-{i}"))).collect::<Result<_, _>>()?,
+        padding: "x".repeat(args.body_bytes.saturating_sub(overhead)),
+        pending_window: AtomicU64::new(0),
+        sent_window: AtomicU64::new(0),
+        write_failures: AtomicU64::new(0),
+        routed_window: AtomicU64::new(0),
+        stored_window: AtomicU64::new(0),
+        answered_window: AtomicU64::new(0),
+        delivered_window: AtomicU64::new(0),
+        latency,
+    });
+
+    // Connect every user; the run needs all of them.
+    let connect_started = Instant::now();
+    let secret = args.jwt_secret.clone();
+    let mut opened: Vec<(usize, anyhow::Result<Socket>)> = futures_util::stream::iter(0..args.users)
+        .map(|i| {
+            let node = args.nodes[i % nodes];
+            let source = args.sources[(i / nodes) % args.sources.len()];
+            let secret = secret.clone();
+            async move {
+                let result = tokio::time::timeout(CONNECT_TIMEOUT, open(i, node, source, &secret, codec))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no welcome within {CONNECT_TIMEOUT:?}")));
+                (i, result)
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    opened.sort_by_key(|(i, _)| *i);
+    let failed = opened.iter().filter(|(_, r)| r.is_err()).count();
+    if let Some((i, Err(error))) = opened.iter().find(|(_, r)| r.is_err()) {
+        bail!("{failed} of {} connections failed; the first, user u-{i}: {error:#}", args.users);
+    }
+    println!("{} users connected to {nodes} node(s) in {:.1}s", args.users, connect_started.elapsed().as_secs_f64());
+
+    // A writer and a reader per connection.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut queues = Vec::with_capacity(args.users);
+    let mut writers: Vec<JoinHandle<()>> = Vec::with_capacity(args.users);
+    let mut readers: Vec<JoinHandle<ConnStats>> = Vec::with_capacity(args.users);
+    for (i, socket) in opened.into_iter().filter_map(|(i, r)| r.ok().map(|s| (i, s))) {
+        let (sink, stream) = socket.split();
+        let (queue_tx, queue_rx) = mpsc::channel(SEND_QUEUE);
+        let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
+        queues.push(queue_tx);
+        writers.push(tokio::spawn(write_loop(sink, queue_rx, ack_rx, shared.clone())));
+        readers.push(tokio::spawn(read_loop(i, stream, ack_tx, shared.clone(), stop_rx.clone())));
+    }
+
+    // The scheduler: sequence number n is due at n / rate seconds.
+    let mut rng = args.seed.map_or_else(|| SmallRng::from_rng(&mut rand::rng()), SmallRng::seed_from_u64);
+    let mut order: Vec<u32> = (0..args.users as u32).collect();
+    let mut next = order.len();
+    let mut not_sent_full = 0u64;
+    let mut not_sent_closed = 0u64;
+    let mut max_lag = Duration::ZERO;
+    let mut issued = 0u64;
+    let mut window: Option<(Instant, Sample)> = None;
+    let warmup = args.warmup.as_secs_f64();
+    let total = (args.warmup + args.duration).as_secs_f64();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    loop {
+        tick.tick().await;
+        let elapsed = started.elapsed().as_secs_f64();
+        if window.is_none() && elapsed >= warmup {
+            // Every warmup message was issued on an earlier tick, so its `t`
+            // is below the window's start.
+            shared.window_start_us.store(now_us(), Ordering::SeqCst);
+            window = Some((Instant::now(), sample(&processes)?));
+        }
+        let cap = if window.is_some() { total_seq } else { window_first_seq };
+        let due = ((elapsed * args.rate) as u64).min(cap);
+        if due > issued {
+            let behind = Duration::from_secs_f64((elapsed - issued as f64 / args.rate).max(0.0));
+            max_lag = max_lag.max(behind);
+        }
+        let t_us = now_us();
+        // Warmup messages issued on the tick that opens the window keep a
+        // `t` below the window's start, so that readers do not count them.
+        let warmup_t_us = t_us.min(shared.window_start_us.load(Ordering::SeqCst).saturating_sub(1));
+        while issued < due {
+            // Senders in shuffled rounds: random, yet no connection gets more
+            // than its share of the rate.
+            if next == order.len() {
+                order.shuffle(&mut rng);
+                next = 0;
+            }
+            let from = order[next] as usize;
+            next += 1;
+            let to = recipient(&mut rng, from, args.users, nodes);
+            let t_us = if issued < window_first_seq { warmup_t_us } else { t_us };
+            match queues[from].try_send(Outgoing { seq: issued, to, t_us }) {
+                Ok(()) => {
+                    if issued >= window_first_seq {
+                        shared.pending_window.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => not_sent_full += u64::from(issued >= window_first_seq),
+                Err(mpsc::error::TrySendError::Closed(_)) => not_sent_closed += u64::from(issued >= window_first_seq),
+            }
+            issued += 1;
+        }
+        if issued >= total_seq && elapsed >= total {
+            break;
+        }
+    }
+    drop(queues);
+    let send_end = Instant::now();
+    let (window_start, before) = match window {
+        Some(w) => w,
+        None => (send_end, sample(&processes)?),
+    };
+    let send_seconds = send_end.duration_since(window_start).as_secs_f64();
+    let at_send_end = sample(&processes)?;
+
+    // Wait for what is still on its way.
+    let drain_deadline = send_end + DRAIN_TIMEOUT;
+    let drained = loop {
+        let pending = shared.pending_window.load(Ordering::SeqCst);
+        let sent = shared.sent_window.load(Ordering::SeqCst);
+        let answered = shared.answered_window.load(Ordering::SeqCst);
+        if pending == 0
+            && answered >= sent
+            && shared.delivered_window.load(Ordering::SeqCst) >= shared.accepted_window()
+        {
+            break true;
+        }
+        if Instant::now() >= drain_deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let drain_seconds = send_end.elapsed().as_secs_f64();
+    let after = sample(&processes)?;
+
+    // Stop the readers, then the writers (they end once their queues close).
+    let _ = stop_tx.send(true);
+    let mut stats = Vec::with_capacity(readers.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for reader in readers {
+        let abort = reader.abort_handle();
+        match tokio::time::timeout_at(deadline, reader).await {
+            Ok(Ok(s)) => stats.push(s),
+            Ok(Err(_)) => {}
+            Err(_) => abort.abort(),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    for writer in writers {
+        let abort = writer.abort_handle();
+        if tokio::time::timeout_at(deadline, writer).await.is_err() {
+            abort.abort();
+        }
+    }
+
+    let report = Report {
+        args: &args,
+        shared: &shared,
+        stats: &stats,
+        processes: &processes,
+        before: &before,
+        at_send_end: &at_send_end,
+        after: &after,
+        send_seconds,
+        drain_seconds,
+        drained,
+        not_sent_full,
+        not_sent_closed,
+        max_lag,
+        load: [load_before, load_average()],
+    }
+    .build()?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn validate(args: &Args) -> anyhow::Result<()> {
+    if let Some(node) = args.nodes.iter().find(|n| !n.ip().is_loopback()) {
+        bail!("--node {node} is not a loopback address: sb-load only drives nodes on this machine");
+    }
+    if let Some(source) = args.sources.iter().find(|s| !s.is_loopback()) {
+        bail!("--source {source} is not a loopback address");
+    }
+    if args.users < 2 || args.users > MAX_USERS {
+        bail!("--users must be 2 to {MAX_USERS}");
+    }
+    if args.users < args.nodes.len() {
+        bail!("--users must be at least the number of nodes ({})", args.nodes.len());
+    }
+    if args.rate.is_nan() || args.rate <= 0.0 || args.rate > MAX_RATE {
+        bail!("--rate must be above 0 and at most {MAX_RATE}");
+    }
+    if args.duration.is_zero() || args.duration > MAX_DURATION || args.warmup > MAX_DURATION {
+        bail!(
+            "--duration must be above 0, and --duration and --warmup at most {}",
+            humantime::format_duration(MAX_DURATION)
+        );
+    }
+    if args.body_bytes > MAX_BODY_BYTES {
+        bail!("--body-bytes must be at most {MAX_BODY_BYTES}");
+    }
+    if args.rate_limit.is_nan() || args.rate_limit <= 0.0 {
+        bail!("--rate-limit must be above 0");
+    }
+    let per_connection = args.rate / args.users as f64;
+    let allowed = args.rate_limit * RATE_LIMIT_HEADROOM;
+    if per_connection > allowed {
+        let users = (args.rate / allowed).ceil() as u64;
+        let limit = (per_connection / RATE_LIMIT_HEADROOM).ceil() as u64;
+        bail!(
+            "--rate {} over --users {} offers {per_connection:.0} messages/s per connection, more than 90% of the \
+             nodes' per-connection rate limit ({}/s): the nodes would answer rate_limited. Use --users {users} or \
+             more, or start the nodes with --rate-limit {limit} (and a matching --rate-limit-burst) and pass \
+             --rate-limit {limit} to sb-load too.",
+            args.rate,
+            args.users,
+            args.rate_limit
+        );
+    }
+    if let Some(limit) = open_files_limit() {
+        let needed = args.users as u64 + 64;
+        if needed > limit {
+            bail!("{} users need about {needed} open files, the limit is {limit}: raise it with ulimit -n", args.users);
+        }
+    }
+    Ok(())
+}
+
+/// A random recipient for `from`: on another node when there are several, else any other user.
+fn recipient(rng: &mut SmallRng, from: usize, users: usize, nodes: usize) -> u32 {
+    if nodes >= 2 {
+        let node = (from % nodes + rng.random_range(1..nodes)) % nodes;
+        // Users node, node + nodes, node + 2 * nodes, ... live on `node`.
+        let on_node = (users - node).div_ceil(nodes);
+        (node + nodes * rng.random_range(0..on_node)) as u32
+    } else {
+        let to = rng.random_range(0..users - 1);
+        (if to >= from { to + 1 } else { to }) as u32
+    }
+}
+
+fn processes(args: &Args) -> Vec<Process> {
+    let mut list: Vec<Process> = args
+        .pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| Process {
+            role: "node",
+            label: args
+                .nodes
+                .get(i)
+                .filter(|_| args.pids.len() == args.nodes.len())
+                .map_or_else(|| format!("node pid {pid}"), |n| n.to_string()),
+            pid: *pid,
+        })
+        .collect();
+    if let Some(pid) = args.redis_pid {
+        list.push(Process { role: "redis", label: "redis".to_owned(), pid });
+    }
+    list
+}
+
+fn sample(processes: &[Process]) -> anyhow::Result<Sample> {
+    Ok(Sample {
+        cpu: processes.iter().map(|p| cpu_seconds(p.pid)).collect::<Result<_, _>>()?,
+        rss: processes.iter().map(|p| rss_bytes(p.pid)).collect::<Result<_, _>>()?,
+        own_cpu: cpu_seconds(std::process::id())?,
+    })
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn open(i: usize, node: SocketAddr, source: IpAddr, secret: &str, codec: Codec) -> anyhow::Result<Socket> {
+    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(node).await.with_context(|| format!("connect to {node} from {source}"))?;
+    stream.set_nodelay(true)?;
+    let mut request = format!("ws://{node}/ws").into_client_request()?;
+    let token = crate::token(secret, &format!("u-{i}"))?;
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    request.headers_mut().insert("sec-websocket-protocol", codec.protocol().parse()?);
+    let (mut ws, _) = client_async(request, stream).await.with_context(|| format!("upgrade at {node}"))?;
+    match ws.next().await {
+        Some(Ok(Message::Text(_) | Message::Binary(_))) => Ok(ws),
+        other => bail!("no welcome: {other:?}"),
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<Socket, Message>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    mut acks: mpsc::Receiver<MsgId>,
+    shared: Arc<Shared>,
+) {
+    let mut queue_open = true;
+    let mut acks_open = true;
+    let mut batch: Vec<Message> = Vec::new();
+    // Window messages in the batch.
+    let mut window_sends = 0u64;
+    let push_send = |batch: &mut Vec<Message>, window_sends: &mut u64, out: Outgoing| {
+        let in_window = out.seq >= shared.window_first_seq;
+        match send_frame(&shared, &out) {
+            Some(frame) => {
+                batch.push(frame);
+                *window_sends += u64::from(in_window);
+            }
+            None if in_window => {
+                shared.write_failures.fetch_add(1, Ordering::SeqCst);
+                shared.pending_window.fetch_sub(1, Ordering::SeqCst);
+            }
+            None => {}
+        }
+    };
+    while queue_open || acks_open {
+        tokio::select! {
+            ack = acks.recv(), if acks_open => match ack {
+                Some(msg) => batch.push(ack_frame(&shared, msg)),
+                None => acks_open = false,
+            },
+            out = queue.recv(), if queue_open => match out {
+                Some(out) => push_send(&mut batch, &mut window_sends, out),
+                None => queue_open = false,
+            },
+        }
+        // Take whatever else is ready, then write it in one flush.
+        while batch.len() < 256 {
+            if let Ok(msg) = acks.try_recv() {
+                batch.push(ack_frame(&shared, msg));
+            } else if let Ok(out) = queue.try_recv() {
+                push_send(&mut batch, &mut window_sends, out);
+            } else {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut result = Ok(());
+        for frame in batch.drain(..) {
+            result = sink.feed(frame).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = sink.flush().await;
+        }
+        let written = std::mem::take(&mut window_sends);
+        if result.is_err() {
+            // The connection is gone: account for this batch and whatever waits.
+            queue.close();
+            let mut failed = written;
+            while let Ok(out) = queue.try_recv() {
+                failed += u64::from(out.seq >= shared.window_first_seq);
+            }
+            shared.write_failures.fetch_add(failed, Ordering::SeqCst);
+            shared.pending_window.fetch_sub(failed, Ordering::SeqCst);
+            return;
+        }
+        shared.sent_window.fetch_add(written, Ordering::SeqCst);
+        shared.pending_window.fetch_sub(written, Ordering::SeqCst);
+    }
+    let _ = sink.close().await;
+}
+
+/// The frame of a `send`; none if its id came out invalid (it cannot: a hex
+/// timestamp, a dash and at most 20 digits are far below 64 bytes).
+fn send_frame(shared: &Shared, out: &Outgoing) -> Option<Message> {
+    let body = format!(r#"{{"t":{},"p":"{}"}}"#, out.t_us, shared.padding);
+    let frame = ClientFrame::Send {
+        id: ClientMsgId::parse(&format!("{}{}", shared.run, out.seq)).ok()?,
+        to: shared.user_ids[out.to as usize].clone(),
+        body: Body::from_json(&body).ok()?,
+    };
+    Some(encoded(shared.codec.encode_client(&frame)))
+}
+
+fn ack_frame(shared: &Shared, msg: MsgId) -> Message {
+    encoded(shared.codec.encode_client(&ClientFrame::Ack { msg }))
+}
+
+fn encoded(encoded: Encoded) -> Message {
+    match encoded {
+        Encoded::Text(text) => Message::Text(text.into()),
+        Encoded::Binary(bytes) => Message::Binary(bytes.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct BodyTime {
+    t: u64,
+}
+
+async fn read_loop(
+    i: usize,
+    mut stream: SplitStream<Socket>,
+    acks: mpsc::Sender<MsgId>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> ConnStats {
+    let mut stats = ConnStats::default();
+    let mut seen: HashSet<MsgId> = HashSet::new();
+    let shard = &shared.latency[i % HISTOGRAM_SHARDS];
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let decoded = match frame {
+            Some(Ok(Message::Text(text))) => shared.codec.decode_server(text.as_bytes()),
+            Some(Ok(Message::Binary(bytes))) => shared.codec.decode_server(&bytes),
+            Some(Ok(Message::Close(close))) => {
+                stats.close =
+                    Some(close.map_or_else(|| "close".to_owned(), |c| format!("{} {}", u16::from(c.code), c.reason)));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => {
+                stats.close = Some(format!("error: {error}"));
+                break;
+            }
+            None => {
+                stats.close = Some("eof".to_owned());
+                break;
+            }
+        };
+        let now = now_us();
+        let Ok(frame) = decoded else {
+            stats.undecodable += 1;
+            continue;
+        };
+        match frame {
+            ServerFrame::Message(delivery) => {
+                if shared.ack && acks.try_send(delivery.msg).is_err() {
+                    stats.acks_dropped += 1;
+                }
+                if !seen.insert(delivery.msg) {
+                    stats.duplicates += 1;
+                    continue;
+                }
+                let Ok(BodyTime { t }) = serde_json::from_str(delivery.body.json()) else {
+                    stats.bad_bodies += 1;
+                    continue;
+                };
+                if t >= shared.window_start_us.load(Ordering::SeqCst) {
+                    shared.delivered_window.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut histogram) = shard.lock() {
+                        histogram.saturating_record(now.saturating_sub(t).max(1));
+                    }
+                } else {
+                    stats.delivered_warmup += 1;
+                }
+            }
+            ServerFrame::Accepted { id, status, .. } if shared.in_window_seq(&id) == Some(true) => {
+                match status {
+                    AcceptStatus::Routed => shared.routed_window.fetch_add(1, Ordering::SeqCst),
+                    AcceptStatus::Stored => shared.stored_window.fetch_add(1, Ordering::SeqCst),
+                };
+                shared.answered_window.fetch_add(1, Ordering::SeqCst);
+            }
+            ServerFrame::Error { id, code, .. } => {
+                let in_window = match &id {
+                    Some(id) => shared.in_window_seq(id) == Some(true),
+                    None => now >= shared.window_start_us.load(Ordering::SeqCst),
+                };
+                if in_window {
+                    *stats.errors_window.entry(code.as_str()).or_default() += 1;
+                    if id.is_some() {
+                        shared.answered_window.fetch_add(1, Ordering::SeqCst);
+                    }
+                } else {
+                    stats.errors_warmup += 1;
+                }
+            }
+            ServerFrame::Receipt(_) => stats.receipts += 1,
+            _ => {}
+        }
+    }
+    stats
+}
+
+struct Report<'a> {
+    args: &'a Args,
+    shared: &'a Shared,
+    stats: &'a [ConnStats],
+    processes: &'a [Process],
+    before: &'a Sample,
+    at_send_end: &'a Sample,
+    after: &'a Sample,
+    send_seconds: f64,
+    drain_seconds: f64,
+    drained: bool,
+    not_sent_full: u64,
+    not_sent_closed: u64,
+    max_lag: Duration,
+    /// Load averages before connecting and at the end.
+    load: [Option<[f64; 3]>; 2],
+}
+
+impl Report<'_> {
+    fn build(&self) -> anyhow::Result<serde_json::Value> {
+        let (args, shared) = (self.args, self.shared);
+        let window_seq = ((args.warmup + args.duration).as_secs_f64() * args.rate) as u64 - shared.window_first_seq;
+        let sent = shared.sent_window.load(Ordering::SeqCst);
+        let routed = shared.routed_window.load(Ordering::SeqCst);
+        let stored = shared.stored_window.load(Ordering::SeqCst);
+        let accepted = routed + stored;
+        let delivered = shared.delivered_window.load(Ordering::SeqCst);
+        let lost = accepted.saturating_sub(delivered);
+        let sum = |f: fn(&ConnStats) -> u64| self.stats.iter().map(f).sum::<u64>();
+        let duplicates = sum(|s| s.duplicates);
+        let mut errors: HashMap<&str, u64> = HashMap::new();
+        let mut closes: HashMap<String, u64> = HashMap::new();
+        for s in self.stats {
+            for (code, n) in &s.errors_window {
+                *errors.entry(code).or_default() += n;
+            }
+            if let Some(close) = &s.close {
+                *closes.entry(close.clone()).or_default() += 1;
+            }
+        }
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for shard in &shared.latency {
+            if let Ok(shard) = shard.lock() {
+                latency.add(&*shard)?;
+            }
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        let q = |quantile: f64| if latency.is_empty() { 0.0 } else { ms(latency.value_at_quantile(quantile)) };
+        let (p50, p90, p99, p999, max) = (q(0.5), q(0.9), q(0.99), q(0.999), ms(latency.max()));
+        let per_message = |seconds: f64| if delivered == 0 { 0.0 } else { seconds * 1e6 / delivered as f64 };
+
+        let mut total_cpu = 0.0;
+        let mut processes = Vec::new();
+        for (i, p) in self.processes.iter().enumerate() {
+            let cpu = self.after.cpu[i] - self.before.cpu[i];
+            let cpu_sending = self.at_send_end.cpu[i] - self.before.cpu[i];
+            total_cpu += cpu;
+            processes.push(serde_json::json!({
+                "role": p.role, "name": p.label, "pid": p.pid,
+                "cpu_seconds": cpu, "cpu_seconds_while_sending": cpu_sending,
+                "cpu_us_per_message": per_message(cpu),
+                "cpu_cores_while_sending": cpu_sending / self.send_seconds.max(1e-9),
+                "rss_bytes_start": self.before.rss[i], "rss_bytes_end": self.after.rss[i],
+            }));
+        }
+        let own_cpu = self.after.own_cpu - self.before.own_cpu;
+        let (nproc, model) = machine();
+        let mut report = serde_json::json!({
+            "scenario": "chat",
+            "label": args.label,
+            "nodes": args.nodes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "users": args.users,
+            "protocol": args.protocol.codec().protocol(),
+            "ack": args.ack,
+            "body_bytes": args.body_bytes,
+            "warmup_seconds": args.warmup.as_secs_f64(),
+            "duration_seconds": args.duration.as_secs_f64(),
+            "offered_rate": args.rate,
+            "offered": window_seq,
+            "sent": sent,
+            "send_rate": sent as f64 / self.send_seconds.max(1e-9),
+            "not_sent": self.not_sent_full + self.not_sent_closed,
+            "not_sent_queue_full": self.not_sent_full,
+            "not_sent_connection_gone": self.not_sent_closed,
+            "write_failures": shared.write_failures.load(Ordering::SeqCst),
+            "max_schedule_lag_ms": self.max_lag.as_secs_f64() * 1000.0,
+        });
+        // In two parts: one json! of all of it is too deep for the macro.
+        let results = serde_json::json!({
+            "accepted": accepted,
+            "accepted_routed": routed,
+            "accepted_stored": stored,
+            "unanswered": sent.saturating_sub(shared.answered_window.load(Ordering::SeqCst)),
+            "delivered": delivered,
+            "duplicates": duplicates,
+            "lost": lost,
+            "delivered_from_warmup_or_earlier": sum(|s| s.delivered_warmup),
+            "errors": errors,
+            "errors_in_warmup": sum(|s| s.errors_warmup),
+            "closes": closes,
+            "receipts_whole_run": sum(|s| s.receipts),
+            "undecodable_frames": sum(|s| s.undecodable),
+            "bodies_without_t": sum(|s| s.bad_bodies),
+            "acks_dropped": sum(|s| s.acks_dropped),
+            "drained": self.drained,
+            "drain_seconds": self.drain_seconds,
+            "latency_ms": { "count": latency.len(), "p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": max,
+                            "mean": latency.mean() / 1000.0 },
+            "cpu_us_per_message": per_message(total_cpu),
+            "processes": processes,
+            "load_generator_cpu_seconds": own_cpu,
+            "machine": { "nproc": nproc, "cpu_model": model, "loadavg_start": self.load[0], "loadavg_end": self.load[1] },
+        });
+        if let (Some(report), serde_json::Value::Object(results)) = (report.as_object_mut(), results) {
+            report.extend(results);
+        }
+
+        println!(
+            "chat: {} node(s), {} users, {}, offered {}/s for {:.1}s after {:.1}s warmup, body {} B, ack {}",
+            args.nodes.len(),
+            args.users,
+            args.protocol.codec().protocol(),
+            args.rate,
+            args.duration.as_secs_f64(),
+            args.warmup.as_secs_f64(),
+            args.body_bytes,
+            if args.ack { "on" } else { "off" }
+        );
+        println!(
+            "  sent       {sent} of {window_seq} ({:.1}/s); not sent {} (queue full {}, connection gone {}); \
+             write failures {}; max schedule lag {:.1} ms",
+            report["send_rate"].as_f64().unwrap_or(0.0),
+            self.not_sent_full + self.not_sent_closed,
+            self.not_sent_full,
+            self.not_sent_closed,
+            report["write_failures"],
+            self.max_lag.as_secs_f64() * 1000.0
+        );
+        println!("  accepted   {accepted} (routed {routed}, stored {stored}); unanswered {}", report["unanswered"]);
+        println!(
+            "  delivered  {delivered} distinct; duplicates {duplicates}; lost {lost}; {} (after {:.2}s)",
+            if self.drained { "all in" } else { "drain timed out" },
+            self.drain_seconds
+        );
+        println!(
+            "  errors     {}; closes {}",
+            if errors.is_empty() { "none".to_owned() } else { format!("{errors:?}") },
+            if closes.is_empty() { "none".to_owned() } else { format!("{closes:?}") }
+        );
+        println!("  latency ms p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max:.3}");
+        for (i, p) in self.processes.iter().enumerate() {
+            let cpu = self.after.cpu[i] - self.before.cpu[i];
+            println!(
+                "  cpu        {:<5} {:<21} pid {:<7} {:6.2}s  {:8.1} us/msg  RSS {:.1} -> {:.1} MiB",
+                p.role,
+                p.label,
+                p.pid,
+                cpu,
+                per_message(cpu),
+                self.before.rss[i] as f64 / 1048576.0,
+                self.after.rss[i] as f64 / 1048576.0
+            );
+        }
+        println!(
+            "  cpu        total {:.2}s, {:.1} us per delivered message; load generator {own_cpu:.2}s",
+            total_cpu,
+            per_message(total_cpu)
+        );
+        let load = |l: Option<[f64; 3]>| l.map_or_else(|| "?".to_owned(), |[a, b, c]| format!("{a} {b} {c}"));
+        println!(
+            "  machine    {nproc} x {model}; load average {} before, {} after",
+            load(self.load[0]),
+            load(self.load[1])
+        );
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_are_on_other_nodes() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for nodes in 2..5 {
+            for users in [nodes, nodes + 1, 10, 11] {
+                for from in 0..users {
+                    for _ in 0..50 {
+                        let to = recipient(&mut rng, from, users, nodes) as usize;
+                        assert!(to < users);
+                        assert_ne!(to % nodes, from % nodes);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn single_node_recipients_are_other_users() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for from in 0..3 {
+            for _ in 0..50 {
+                let to = recipient(&mut rng, from, 3, 1) as usize;
+                assert!(to < 3 && to != from);
+            }
+        }
+    }
+}
