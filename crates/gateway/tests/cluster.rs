@@ -135,6 +135,39 @@ async fn a_killed_node_loses_nothing_accepted(url: &str) {
     assert_eq!(received, accepted, "every accepted message, once each, in order");
 }
 
+/// A node frozen past its TTL is swept; when it wakes it registers its
+/// connections again and hands over what was stored for them meanwhile,
+/// without the clients reconnecting.
+#[tokio::test]
+async fn a_node_presumed_dead_comes_back_whole() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis.url(), 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+
+    nodes[1].pause().await;
+    within("bob to be swept", async {
+        while online(&mut alice, &["bob"]).await != [false] {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (meanwhile, status) = alice.send_message("a-1", "bob", json!("while you slept")).await;
+    assert_eq!(status, AcceptStatus::Stored);
+    nodes[1].resume().await;
+
+    assert_eq!(bob.recv_message().await.msg, meanwhile);
+    within("bob to be back in presence", async {
+        while online(&mut alice, &["bob"]).await != [true] {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (msg, status) = alice.send_message("a-2", "bob", json!("awake")).await;
+    assert_eq!(status, AcceptStatus::Routed);
+    assert_eq!(bob.recv_message().await.msg, msg);
+}
+
 #[tokio::test]
 async fn standalone_cross_node_messages_receipts_and_presence() {
     let redis = RedisServer::start().await;

@@ -10,6 +10,7 @@
 //! | `{p}n:{node}:alive` | string | liveness, expires after `node-ttl` |
 //! | `{p}n:{node}:conns` | hash | connection id -> user id (reverse index) |
 //! | `{p}n:{node}:sweep` | string | lock of the one node sweeping this dead node |
+//! | `{p}n:{node}:swept` | string | left by a sweep: the node, if alive, registers again |
 //! | `{p}n:{node}:ch` | channel | sharded pub/sub channel of the node |
 //! | `{p}nodes` | sorted set | node id -> last heartbeat (ms), the node directory |
 //! | `{p}epoch` | string | the life of the stored state |
@@ -49,6 +50,10 @@ impl Keys {
 
     pub fn node_sweep(&self, node: &str) -> String {
         format!("{}n:{{{node}}}:sweep", self.prefix)
+    }
+
+    pub fn node_swept(&self, node: &str) -> String {
+        format!("{}n:{{{node}}}:swept", self.prefix)
     }
 
     pub fn node_channel(&self, node: &str) -> String {

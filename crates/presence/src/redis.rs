@@ -579,10 +579,18 @@ impl Inner {
             *self.epoch.write().unwrap_or_else(|e| e.into_inner()) = epoch;
             tracing::warn!(%epoch, "redis lost its state: new epoch");
             self.register_all().await?;
-        } else if was_alive.is_none() && self.last_beat_ms.load(Ordering::Relaxed) != 0 {
-            // Our liveness key had lapsed: others may have swept our entries.
-            tracing::warn!("this node was presumed dead");
-            self.register_all().await?;
+            self.repair();
+        } else {
+            // Our liveness key had lapsed, or another node swept us while we
+            // were presumed dead (perhaps after we had registered again).
+            let swept: Option<String> = self.client.getdel(self.keys.node_swept(me)).await?;
+            let lapsed = was_alive.is_none() && self.last_beat_ms.load(Ordering::Relaxed) != 0;
+            if lapsed || swept.is_some() {
+                // Messages for our users were stored meanwhile: hand them over.
+                tracing::warn!("this node was presumed dead");
+                self.register_all().await?;
+                self.repair();
+            }
         }
 
         let cutoff = now.saturating_sub(self.ttl_ms()) as f64;
@@ -642,6 +650,8 @@ impl Inner {
         results.into_iter().collect::<Result<(), _>>()?;
         let _: () = self.client.del(self.keys.node_conns(node)).await?;
         let _: () = self.client.zrem(self.keys.nodes(), node).await?;
+        let marker = Some(Expiration::PX(ttl_i64(self.ttl_ms().saturating_mul(10))));
+        let _: () = self.client.set(self.keys.node_swept(node), self.me(), marker, None, false).await?;
         self.routes.remove(node);
         self.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
         tracing::info!(node, connections = count, "swept a dead node out of presence");

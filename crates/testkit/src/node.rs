@@ -78,8 +78,22 @@ impl NodeProcess {
 
     /// Sends SIGTERM: the node drains.
     pub async fn terminate(&self) {
-        let status = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().await.unwrap();
-        assert!(status.success(), "kill -TERM failed");
+        self.signal("TERM").await;
+    }
+
+    /// SIGSTOP: the node freezes (a long GC pause, a stalled VM).
+    pub async fn pause(&self) {
+        self.signal("STOP").await;
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub async fn resume(&self) {
+        self.signal("CONT").await;
+    }
+
+    async fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().await.unwrap();
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// SIGKILL, as a crash.
