@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use switchboard_presence::{Ack, Letter, Outgoing, Push, unix_micros};
+use switchboard_presence::{Ack, Connected, Letter, Outgoing, Push, unix_micros};
 use switchboard_protocol::{
     ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
 };
@@ -140,8 +140,8 @@ where
         let timer = self.node.metrics.backend_connect.start_timer();
         let connected = self.node.backend.connect(&self.session.user, self.session.conn).await;
         timer.observe_duration();
-        let letters = match connected {
-            Ok(letters) => letters,
+        let Connected { letters, epoch } = match connected {
+            Ok(connected) => connected,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
                 tracing::warn!(%error, "cannot register");
@@ -153,7 +153,7 @@ where
             conn: self.session.conn,
             node: self.node.backend.node_id().to_owned(),
             heartbeat_ms: u64::try_from(self.node.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
-            epoch: self.node.backend.epoch(),
+            epoch,
         });
         if let Err(end) = self.feed(&welcome).await {
             return end;

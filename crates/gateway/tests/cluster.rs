@@ -168,6 +168,29 @@ async fn a_node_presumed_dead_comes_back_whole() {
     assert_eq!(bob.recv_message().await.msg, msg);
 }
 
+/// A crashed node restarted under the same id at once, before any sweep,
+/// drops the presence entries of its earlier life.
+#[tokio::test]
+async fn a_node_restarted_under_its_id_drops_its_old_entries() {
+    let redis = RedisServer::start().await;
+    let mut nodes = nodes(&redis.url(), 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let _bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    assert_eq!(redis.cli(&["hlen", "sb:u:{bob}:conns"]).await, "1");
+    nodes[1].kill().await;
+    let url = redis.url();
+    let restarted = NodeProcess::start(&["--redis-url", &url, "--node-ttl", "1s", "--node-id", "node-1"]).await;
+    eventually("the restarted node to be ready", || async {
+        get(restarted.public, "/readyz", &[]).await.status == 200
+    })
+    .await;
+    assert_eq!(redis.cli(&["hlen", "sb:u:{bob}:conns"]).await, "0");
+    assert_eq!(online(&mut alice, &["bob"]).await, [false]);
+    let (_, status) = alice.send_message("a-1", "bob", json!(1)).await;
+    assert_eq!(status, AcceptStatus::Stored);
+    drop(restarted);
+}
+
 #[tokio::test]
 async fn standalone_cross_node_messages_receipts_and_presence() {
     let redis = RedisServer::start().await;
@@ -318,7 +341,7 @@ async fn a_burst_of_100_000_envelopes_arrives_whole() {
     let redis = RedisServer::start().await;
     let nodes = nodes(&redis.url(), 1, &["--send-queue-bytes", "268435456"]).await;
     let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
-    let incarnation = uuid::Uuid::now_v7();
+    let stream = uuid::Uuid::now_v7();
     let mut expected = Vec::new();
     let commands: Vec<_> = (1..=100_000u64)
         .map(|seq| {
@@ -326,7 +349,7 @@ async fn a_burst_of_100_000_envelopes_arrives_whole() {
             if let Routed::Deliver { delivery, .. } = &item {
                 expected.push(delivery.msg);
             }
-            let envelope = Envelope { node: "burst".to_owned(), incarnation, seq, items: vec![item] };
+            let envelope = Envelope { node: "burst".to_owned(), stream, seq, items: vec![item] };
             spublish("sb:n:{node-0}:ch", &envelope)
         })
         .collect();
@@ -357,7 +380,7 @@ async fn a_sequence_gap_is_counted_and_repaired_from_the_inbox() {
     let Routed::Deliver { delivery: lost_delivery, .. } = &lost else { unreachable!() };
     let stored =
         vec![b"XADD".to_vec(), b"sb:u:{bob}:inbox".to_vec(), b"*".to_vec(), b"m".to_vec(), lost.encode().unwrap()];
-    let incarnation = uuid::Uuid::now_v7();
+    let stream = uuid::Uuid::now_v7();
     let first = deliver("bob", 1);
     let third = deliver("bob", 3);
     let ids: Vec<MsgId> = [&first, &third]
@@ -367,7 +390,7 @@ async fn a_sequence_gap_is_counted_and_repaired_from_the_inbox() {
             _ => unreachable!(),
         })
         .collect();
-    let envelope = |seq, item| Envelope { node: "other".to_owned(), incarnation, seq, items: vec![item] };
+    let envelope = |seq, item| Envelope { node: "other".to_owned(), stream, seq, items: vec![item] };
     redis
         .pipeline(vec![
             stored,

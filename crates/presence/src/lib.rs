@@ -117,6 +117,15 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
+/// A registered connection: what it must be told first.
+#[derive(Clone, Debug)]
+pub struct Connected {
+    /// The user's stored messages, oldest first.
+    pub letters: Vec<Letter>,
+    /// The epoch as of the registration.
+    pub epoch: Uuid,
+}
+
 /// A user's acknowledgement of a message it received.
 #[derive(Clone, Debug)]
 pub struct Ack {
@@ -177,9 +186,9 @@ impl Backend {
     /// Registers a connection (already reachable through [`Local`]) and then
     /// reads the user's inbox, oldest first. In this order, a message
     /// accepted meanwhile reaches the connection live or by the inbox.
-    pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Vec<Letter>, BackendError> {
+    pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Connected, BackendError> {
         match self {
-            Self::Memory(m) => Ok(m.connect(user)),
+            Self::Memory(m) => Ok(Connected { letters: m.connect(user), epoch: m.epoch() }),
             Self::Redis(r) => r.connect(user, conn).await,
         }
     }

@@ -28,15 +28,15 @@ use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions, Value};
 use futures_util::StreamExt;
 use switchboard_protocol::{AcceptStatus, Delivery, Envelope, MsgId, Routed, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::keys::Keys;
 use crate::{
-    Accepted, Ack, BackendError, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings, reached,
-    receipt_for,
+    Accepted, Ack, BackendError, Connected, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings,
+    reached, receipt_for,
 };
 
 /// A command that has not completed in this time fails; the client gets an
@@ -61,8 +61,6 @@ struct Inner {
     local: Arc<dyn Local>,
     counters: Counters,
     store_script: Script,
-    /// This process's life; receivers restart their sequence check on a new one.
-    incarnation: Uuid,
     epoch: RwLock<Uuid>,
     /// Nodes whose heartbeat is older than the node TTL, as of our last
     /// heartbeat, or whose channel had no subscriber. Every other node is
@@ -71,13 +69,25 @@ struct Inner {
     dead: RwLock<HashSet<String>>,
     /// Publisher queue per destination node.
     routes: DashMap<String, mpsc::UnboundedSender<Routed>>,
-    /// Last sequence number heard per sending node, and its incarnation.
+    /// Last sequence number heard per sending node, and the stream it is in.
     heard: Mutex<HashMap<String, (Uuid, u64)>>,
     last_beat_ms: AtomicU64,
     last_probe_ms: AtomicU64,
-    repairing: AtomicBool,
+    /// Wakes the repair task; requests made while it runs coalesce into one
+    /// more run.
+    repair_wanted: Notify,
+    /// Wakes the heartbeat before its time (a new epoch was seen).
+    beat_now: Notify,
+    /// Set when a new epoch was adopted, until the heartbeat registered
+    /// every connection again.
+    epoch_changed: AtomicBool,
+    /// Unregistrations that failed, retried on every heartbeat.
+    unregister_later: Mutex<Vec<(UserId, Uuid)>>,
+    /// Cancelled first on shutdown: nothing new is queued for publishing.
+    closing: CancellationToken,
     stop: CancellationToken,
     tasks: TaskTracker,
+    publishers: TaskTracker,
 }
 
 impl RedisBackend {
@@ -120,16 +130,20 @@ impl RedisBackend {
 
         let inner = Arc::new(Inner {
             store_script: Script::from_lua(include_str!("store.lua")),
-            incarnation: Uuid::now_v7(),
             epoch: RwLock::new(epoch),
             dead: RwLock::new(HashSet::new()),
             routes: DashMap::new(),
             heard: Mutex::new(HashMap::new()),
             last_beat_ms: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
-            repairing: AtomicBool::new(false),
+            repair_wanted: Notify::new(),
+            beat_now: Notify::new(),
+            epoch_changed: AtomicBool::new(false),
+            unregister_later: Mutex::new(Vec::new()),
+            closing: CancellationToken::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            publishers: TaskTracker::new(),
             keys,
             settings,
             client,
@@ -146,9 +160,16 @@ impl RedisBackend {
                 resubscriber.abort();
             }
         });
+        // Entries under our id from an earlier life of a node with this id
+        // (it crashed and was restarted before anyone swept it).
+        let stale = inner.remove_entries(inner.me()).await?;
+        if stale > 0 {
+            tracing::info!(connections = stale, "removed presence entries of an earlier life of this node id");
+        }
         inner.beat().await?;
         inner.tasks.spawn(inner.clone().listen());
         inner.tasks.spawn(inner.clone().heartbeat());
+        inner.tasks.spawn(inner.clone().repairs());
         Ok(Self { inner })
     }
 
@@ -166,21 +187,21 @@ impl RedisBackend {
         self.inner.client.is_connected() && fresh(&self.inner.last_beat_ms) && fresh(&self.inner.last_probe_ms)
     }
 
-    pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Vec<Letter>, BackendError> {
-        self.inner.register(user, conn).await?;
-        self.inner.inbox(user).await
+    pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Connected, BackendError> {
+        let inner = &self.inner;
+        let (registered, stored) = tokio::join!(inner.register(user, conn), inner.client.get(inner.keys.epoch()));
+        registered?;
+        // A new connection learns at once when Redis lost its state, not at
+        // the next heartbeat; the heartbeat then registers the others again.
+        if inner.adopt_epoch(stored?).await? {
+            inner.beat_now.notify_one();
+        }
+        let letters = inner.inbox(user).await?;
+        Ok(Connected { letters, epoch: self.epoch() })
     }
 
     pub async fn disconnect(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
-        let inner = &self.inner;
-        let conn = conn.to_string();
-        let (a, b) = tokio::join!(
-            inner.client.hdel::<(), _, _>(inner.keys.user_conns(user), &conn),
-            inner.client.hdel::<(), _, _>(inner.keys.node_conns(&inner.settings.node_id), &conn),
-        );
-        a?;
-        b?;
-        Ok(())
+        self.inner.unregister(user, conn).await
     }
 
     pub async fn send(&self, outgoing: Outgoing) -> Result<Accepted, BackendError> {
@@ -202,12 +223,19 @@ impl RedisBackend {
 
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        inner.stop.cancel();
+        // Publishers send what they hold, then end as their queues close.
+        inner.closing.cancel();
         inner.routes.clear();
+        inner.publishers.close();
+        if tokio::time::timeout(COMMAND_TIMEOUT * 2, inner.publishers.wait()).await.is_err() {
+            tracing::warn!("publishers did not finish in time; the recipients' inboxes hold their messages");
+        }
+        inner.stop.cancel();
         // Quitting closes the pub/sub stream, which ends the reader thread.
         let _ = inner.subscriber.quit().await;
         inner.tasks.close();
         inner.tasks.wait().await;
+        inner.publishers.wait().await;
         if let Err(error) = inner.deregister().await {
             tracing::warn!(%error, "could not remove this node from presence; the sweeper will");
         }
@@ -236,6 +264,21 @@ impl Inner {
         );
         a?;
         b?;
+        Ok(())
+    }
+
+    /// Removes a connection from presence; a failure is retried on the
+    /// following heartbeats.
+    async fn unregister(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
+        let id = conn.to_string();
+        let (a, b) = tokio::join!(
+            self.client.hdel::<(), _, _>(self.keys.user_conns(user), &id),
+            self.client.hdel::<(), _, _>(self.keys.node_conns(self.me()), &id),
+        );
+        if let Err(error) = a.and(b) {
+            self.unregister_later.lock().unwrap_or_else(|e| e.into_inner()).push((user.clone(), conn));
+            return Err(error.into());
+        }
         Ok(())
     }
 
@@ -328,7 +371,7 @@ impl Inner {
 
     /// Queues `item` for `node`'s publisher, starting it on first use.
     fn enqueue(self: &Arc<Self>, node: &str, item: Routed) {
-        if self.stop.is_cancelled() {
+        if self.closing.is_cancelled() {
             return;
         }
         let tx = self
@@ -336,7 +379,7 @@ impl Inner {
             .entry(node.to_owned())
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.tasks.spawn(self.clone().publish(node.to_owned(), rx));
+                self.publishers.spawn(self.clone().publish(node.to_owned(), rx));
                 tx
             })
             .clone();
@@ -371,6 +414,9 @@ impl Inner {
     /// hands back to the inbox what a gone node can no longer take.
     async fn publish(self: Arc<Self>, node: String, mut queue: mpsc::UnboundedReceiver<Routed>) {
         let channel = self.keys.node_channel(&node);
+        // A new stream for every publisher: a receiver restarts its sequence
+        // check instead of mistaking a restarted publisher for an old one.
+        let stream = Uuid::now_v7();
         let mut seq = 0u64;
         loop {
             let first = tokio::select! {
@@ -389,7 +435,7 @@ impl Inner {
                 }
             }
             seq += 1;
-            let envelope = Envelope { node: self.me().to_owned(), incarnation: self.incarnation, seq, items };
+            let envelope = Envelope { node: self.me().to_owned(), stream, seq, items };
             let bytes = match envelope.encode() {
                 Ok(bytes) => bytes,
                 Err(error) => {
@@ -480,10 +526,10 @@ impl Inner {
     fn receive(self: &Arc<Self>, envelope: Envelope) {
         let gap = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-            let last = heard.entry(envelope.node.clone()).or_insert((envelope.incarnation, envelope.seq - 1));
-            let gap = if last.0 == envelope.incarnation { envelope.seq.saturating_sub(last.1 + 1) } else { 0 };
-            if last.0 != envelope.incarnation || envelope.seq > last.1 {
-                *last = (envelope.incarnation, envelope.seq);
+            let last = heard.entry(envelope.node.clone()).or_insert((envelope.stream, envelope.seq - 1));
+            let gap = if last.0 == envelope.stream { envelope.seq.saturating_sub(last.1 + 1) } else { 0 };
+            if last.0 != envelope.stream || envelope.seq > last.1 {
+                *last = (envelope.stream, envelope.seq);
             }
             gap
         };
@@ -508,38 +554,42 @@ impl Inner {
         }
     }
 
-    /// After envelopes were lost, hands every local user's inbox to its
+    /// Asks for a repair: every local user's inbox handed to its
     /// connections again (durable mode; the connections skip what they
-    /// already have). One repair at a time; requests meanwhile coalesce.
-    fn repair(self: &Arc<Self>) {
-        if self.settings.mode != Mode::Durable || self.repairing.swap(true, Ordering::AcqRel) {
-            return;
+    /// already have), after envelopes may have been lost.
+    fn repair(&self) {
+        if self.settings.mode == Mode::Durable {
+            self.repair_wanted.notify_one();
         }
-        let inner = self.clone();
-        self.tasks.spawn(async move {
-            let users: HashSet<UserId> = inner.local.registrations().into_iter().map(|(user, _)| user).collect();
+    }
+
+    /// Runs the repairs asked for, one at a time.
+    async fn repairs(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = self.repair_wanted.notified() => {}
+            }
+            let users: HashSet<UserId> = self.local.registrations().into_iter().map(|(user, _)| user).collect();
             let count = users.len();
+            let inner = &*self;
             futures_util::stream::iter(users)
-                .for_each_concurrent(FAN_OUT, |user| {
-                    let inner = inner.clone();
-                    async move {
-                        match inner.inbox(&user).await {
-                            Ok(letters) => {
-                                for letter in letters {
-                                    inner.local.push(&user, &Push::Message(letter));
-                                }
+                .for_each_concurrent(FAN_OUT, |user| async move {
+                    match inner.inbox(&user).await {
+                        Ok(letters) => {
+                            for letter in letters {
+                                inner.local.push(&user, &Push::Message(letter));
                             }
-                            Err(error) => {
-                                inner.counters.backend_errors.inc();
-                                tracing::warn!(%error, %user, "inbox repair failed");
-                            }
+                        }
+                        Err(error) => {
+                            inner.counters.backend_errors.inc();
+                            tracing::warn!(%error, %user, "inbox repair failed");
                         }
                     }
                 })
                 .await;
-            tracing::info!(users = count, "re-read inboxes after lost envelopes");
-            inner.repairing.store(false, Ordering::Release);
-        });
+            tracing::info!(users = count, "handed stored messages to local connections again");
+        }
     }
 
     async fn heartbeat(self: Arc<Self>) {
@@ -548,12 +598,12 @@ impl Inner {
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
-                _ = ticks.tick() => {
-                    if let Err(error) = self.beat().await {
-                        self.counters.backend_errors.inc();
-                        tracing::warn!(%error, "heartbeat failed");
-                    }
-                }
+                _ = ticks.tick() => {}
+                () = self.beat_now.notified() => {}
+            }
+            if let Err(error) = self.beat().await {
+                self.counters.backend_errors.inc();
+                tracing::warn!(%error, "heartbeat failed");
             }
         }
     }
@@ -570,27 +620,22 @@ impl Inner {
         let _: () = self.client.zadd(self.keys.nodes(), None, None, false, false, (now as f64, me)).await?;
 
         let stored: Option<String> = self.client.get(self.keys.epoch()).await?;
-        let known = self.epoch.read().unwrap_or_else(|e| e.into_inner()).to_string();
-        if stored.as_deref() != Some(known.as_str()) {
-            let proposed = Uuid::now_v7().to_string();
-            let _: Option<String> =
-                self.client.set(self.keys.epoch(), proposed, None, Some(SetOptions::NX), false).await?;
-            let epoch = parse_epoch(self.client.get(self.keys.epoch()).await?)?;
-            *self.epoch.write().unwrap_or_else(|e| e.into_inner()) = epoch;
-            tracing::warn!(%epoch, "redis lost its state: new epoch");
+        let swept: Option<String> = self.client.getdel(self.keys.node_swept(me)).await?;
+        let lapsed = was_alive.is_none() && self.last_beat_ms.load(Ordering::Relaxed) != 0;
+        // Redis lost its state, our liveness key had lapsed, or another node
+        // swept us while we were presumed dead (perhaps after we had
+        // registered again): register everything again, and hand over what
+        // was stored for our users meanwhile.
+        self.adopt_epoch(stored).await?;
+        let new_epoch = self.epoch_changed.swap(false, Ordering::AcqRel);
+        if new_epoch || lapsed || swept.is_some() {
             self.register_all().await?;
             self.repair();
-        } else {
-            // Our liveness key had lapsed, or another node swept us while we
-            // were presumed dead (perhaps after we had registered again).
-            let swept: Option<String> = self.client.getdel(self.keys.node_swept(me)).await?;
-            let lapsed = was_alive.is_none() && self.last_beat_ms.load(Ordering::Relaxed) != 0;
-            if lapsed || swept.is_some() {
-                // Messages for our users were stored meanwhile: hand them over.
-                tracing::warn!("this node was presumed dead");
-                self.register_all().await?;
-                self.repair();
-            }
+        }
+        let failed: Vec<(UserId, Uuid)> =
+            std::mem::take(&mut *self.unregister_later.lock().unwrap_or_else(|e| e.into_inner()));
+        for (user, conn) in failed {
+            let _ = self.unregister(&user, conn).await;
         }
 
         let cutoff = now.saturating_sub(self.ttl_ms()) as f64;
@@ -598,7 +643,13 @@ impl Inner {
         for node in dead.iter().filter(|n| *n != me) {
             self.sweep(node).await?;
         }
-        *self.dead.write().unwrap_or_else(|e| e.into_inner()) = dead.into_iter().filter(|n| n != me).collect();
+        let dead: HashSet<String> = dead.into_iter().filter(|n| n != me).collect();
+        let previously = std::mem::replace(&mut *self.dead.write().unwrap_or_else(|e| e.into_inner()), dead.clone());
+        if !dead.is_subset(&previously) {
+            // A node died: what it had accepted but not yet published is in
+            // the inboxes of users who may be connected here.
+            self.repair();
+        }
 
         self.enqueue(me, Routed::Probe);
         self.last_beat_ms.store(now, Ordering::Relaxed);
@@ -619,36 +670,41 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes a dead node's presence entries, unless another node does.
+    /// Compares the stored epoch with ours. When it is missing or another,
+    /// Redis lost its state: adopt the stored one, proposing a new one if
+    /// there is none. True when ours changed.
+    async fn adopt_epoch(&self, stored: Option<String>) -> Result<bool, BackendError> {
+        let known = *self.epoch.read().unwrap_or_else(|e| e.into_inner());
+        if stored.as_deref().and_then(|s| Uuid::try_parse(s).ok()) == Some(known) {
+            return Ok(false);
+        }
+        let proposed = Uuid::now_v7().to_string();
+        let _: Option<String> = self.client.set(self.keys.epoch(), proposed, None, Some(SetOptions::NX), false).await?;
+        let epoch = parse_epoch(self.client.get(self.keys.epoch()).await?)?;
+        let mut current = self.epoch.write().unwrap_or_else(|e| e.into_inner());
+        if *current == epoch {
+            return Ok(false);
+        }
+        *current = epoch;
+        self.epoch_changed.store(true, Ordering::Release);
+        tracing::warn!(%epoch, "redis lost its state: new epoch");
+        Ok(true)
+    }
+
+    /// Removes a dead node's presence entries, unless another node does,
+    /// and leaves it a marker to register again should it be alive.
     async fn sweep(&self, node: &str) -> Result<(), BackendError> {
         let alive: bool = self.client.exists(self.keys.node_alive(node)).await?;
-        let lock: Option<String> = if alive {
-            None
-        } else {
-            let ttl = Some(Expiration::PX(ttl_i64(self.ttl_ms())));
-            self.client
-                .set(self.keys.node_sweep(node), self.me(), ttl, Some(SetOptions::NX), true)
-                .await
-                .map(|previous: Option<String>| if previous.is_none() { Some(self.me().to_owned()) } else { None })?
-        };
-        if lock.is_none() {
+        if alive {
             return Ok(());
         }
-        let entries: HashMap<String, String> = self.client.hgetall(self.keys.node_conns(node)).await?;
-        let count = entries.len();
-        let results: Vec<Result<(), fred::error::Error>> = futures_util::stream::iter(entries)
-            .map(|(conn, user)| async move {
-                let key = UserId::parse(&user).map(|u| self.keys.user_conns(&u));
-                match key {
-                    Ok(key) => self.client.hdel::<(), _, _>(key, conn).await,
-                    Err(_) => Ok(()),
-                }
-            })
-            .buffer_unordered(FAN_OUT)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<(), _>>()?;
-        let _: () = self.client.del(self.keys.node_conns(node)).await?;
+        let lock = Some(Expiration::PX(ttl_i64(self.ttl_ms())));
+        let holder: Option<String> =
+            self.client.set(self.keys.node_sweep(node), self.me(), lock, Some(SetOptions::NX), true).await?;
+        if holder.is_some() {
+            return Ok(());
+        }
+        let count = self.remove_entries(node).await?;
         let _: () = self.client.zrem(self.keys.nodes(), node).await?;
         let marker = Some(Expiration::PX(ttl_i64(self.ttl_ms().saturating_mul(10))));
         let _: () = self.client.set(self.keys.node_swept(node), self.me(), marker, None, false).await?;
@@ -658,16 +714,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes every presence entry of `node`, through its reverse index;
+    /// how many there were.
+    async fn remove_entries(&self, node: &str) -> Result<usize, BackendError> {
+        let entries: HashMap<String, String> = self.client.hgetall(self.keys.node_conns(node)).await?;
+        let count = entries.len();
+        let results: Vec<Result<(), fred::error::Error>> = futures_util::stream::iter(entries)
+            .filter_map(|(conn, user)| async move { UserId::parse(&user).ok().map(|user| (conn, user)) })
+            .map(|(conn, user)| async move { self.client.hdel::<(), _, _>(self.keys.user_conns(&user), conn).await })
+            .buffer_unordered(FAN_OUT)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), _>>()?;
+        let _: () = self.client.del(self.keys.node_conns(node)).await?;
+        Ok(count)
+    }
+
     /// Takes this node out of presence on a clean shutdown.
     async fn deregister(&self) -> Result<(), BackendError> {
         let me = self.me();
-        let entries: HashMap<String, String> = self.client.hgetall(self.keys.node_conns(me)).await?;
-        for (conn, user) in entries {
-            if let Ok(user) = UserId::parse(&user) {
-                let _: () = self.client.hdel(self.keys.user_conns(&user), conn).await?;
-            }
-        }
-        let _: () = self.client.del(vec![self.keys.node_conns(me), self.keys.node_alive(me)]).await?;
+        self.remove_entries(me).await?;
+        let _: () = self.client.del(self.keys.node_alive(me)).await?;
         let _: () = self.client.zrem(self.keys.nodes(), me).await?;
         Ok(())
     }

@@ -1,9 +1,10 @@
 //! Envelopes between nodes: what one node publishes to another node's
 //! channel. Always MessagePack.
 //!
-//! Every envelope a node publishes carries the next number of that node's
-//! sequence, so a receiver can tell when envelopes went missing on the way
-//! (Redis pub/sub drops messages on reconnect or under memory pressure).
+//! Every envelope carries the next number of its publisher's sequence (one
+//! publisher per sending node and destination), so a receiver can tell when
+//! envelopes went missing on the way (Redis pub/sub drops messages on
+//! reconnect or under memory pressure).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -24,9 +25,9 @@ pub enum EnvelopeError {
 pub struct Envelope {
     /// The publishing node.
     pub node: String,
-    /// The publishing node's life: its sequence restarts when this changes.
-    pub incarnation: Uuid,
-    /// Position in the publisher's sequence, counted over all destinations.
+    /// The publisher's stream: the sequence restarts when this changes.
+    pub stream: Uuid,
+    /// Position in the stream, from 1.
     pub seq: u64,
     pub items: Vec<Routed>,
 }

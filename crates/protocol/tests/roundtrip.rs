@@ -145,7 +145,7 @@ proptest! {
 
     #[test]
     fn envelopes_round_trip(node in "[a-z0-9-]{1,20}", seq in any::<u64>(), items in prop::collection::vec(routed(), 0..5)) {
-        let envelope = Envelope { node, incarnation: uuid::Uuid::now_v7(), seq, items };
+        let envelope = Envelope { node, stream: uuid::Uuid::now_v7(), seq, items };
         let bytes = envelope.encode().unwrap();
         prop_assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
     }
