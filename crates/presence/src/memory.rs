@@ -138,7 +138,11 @@ impl State {
             Mode::Fast => {
                 let status = reached(self.local.push(&to, &Push::Message(letter.clone())));
                 if status == AcceptStatus::Stored {
-                    self.store(letter);
+                    // The recipient may have connected, and read its inbox,
+                    // between the push and the store: push once more (a
+                    // connection skips what its replay already wrote).
+                    self.store(letter.clone());
+                    self.local.push(&to, &Push::Message(letter));
                 }
                 status
             }

@@ -324,7 +324,13 @@ impl Inner {
         let nodes: HashSet<&str> = conns.iter().map(|(_, node)| node.as_str()).collect();
         let status = reached(self.route(&to, &Push::Message(letter.clone()), &nodes));
         if status == AcceptStatus::Stored && !durable {
-            self.store(&letter, true, None).await?;
+            // The script reads presence after it stores: a recipient that
+            // registered since the first lookup is found now and gets the
+            // message live, or else it reads its inbox after the store.
+            let reply = self.store(&letter, true, None).await?;
+            letter.stored_as = reply.entry;
+            let nodes: HashSet<&str> = reply.conns.iter().map(|(_, node)| node.as_str()).collect();
+            self.route(&to, &Push::Message(letter), &nodes);
         }
         // The script recorded its guess from the presence entries; correct
         // it when those entries belonged to dead nodes.
