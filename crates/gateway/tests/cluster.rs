@@ -307,6 +307,19 @@ async fn redis_down_means_not_ready_and_errors_then_recovery() {
     assert!(scrape(nodes[0].metrics).await.value("switchboard_redis_errors_total", &[]) >= 1.0);
 }
 
+#[tokio::test]
+async fn a_node_drains_and_exits_while_redis_is_down() {
+    let mut redis = RedisServer::start().await;
+    let mut nodes = nodes(&redis.url(), 1, &["--shutdown-grace", "1s"]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    redis.stop().await;
+    nodes[0].terminate().await;
+    let (close, _) = alice.recv_close().await;
+    assert_eq!(close.map(|c| c.0), Some(1012));
+    let _ = alice.flush().await;
+    assert_eq!(nodes[0].wait().await, Some(0));
+}
+
 trait ParseId {
     fn parse_id(self) -> switchboard_protocol::ClientMsgId;
 }

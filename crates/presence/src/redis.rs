@@ -231,15 +231,13 @@ impl RedisBackend {
             tracing::warn!("publishers did not finish in time; the recipients' inboxes hold their messages");
         }
         inner.stop.cancel();
-        // Quitting closes the pub/sub stream, which ends the reader thread.
-        let _ = inner.subscriber.quit().await;
         inner.tasks.close();
         inner.tasks.wait().await;
         inner.publishers.wait().await;
         if let Err(error) = inner.deregister().await {
             tracing::warn!(%error, "could not remove this node from presence; the sweeper will");
         }
-        let _ = inner.client.quit().await;
+        let _ = tokio::join!(inner.subscriber.quit(), inner.client.quit());
     }
 }
 
@@ -486,29 +484,36 @@ impl Inner {
     /// each payload to an unbounded queue: the scheduler cannot starve it,
     /// so the client's preallocated pub/sub buffer does not overflow in a
     /// burst, and the queue grows only while a burst is being delivered.
-    /// The thread ends when the subscriber quits.
     async fn listen(self: Arc<Self>) {
         let mut messages = self.subscriber.message_rx();
         let (arrived, mut queue) = mpsc::unbounded_channel::<Bytes>();
         let inner = self.clone();
+        let runtime = tokio::runtime::Handle::current();
         self.tasks.spawn_blocking(move || {
-            loop {
-                match messages.blocking_recv() {
-                    Ok(message) => match message.value.into_bytes() {
-                        Some(payload) => {
-                            let _ = arrived.send(payload);
+            runtime.block_on(async {
+                loop {
+                    let message = tokio::select! {
+                        biased;
+                        () = inner.stop.cancelled() => return,
+                        message = messages.recv() => message,
+                    };
+                    match message {
+                        Ok(message) => match message.value.into_bytes() {
+                            Some(payload) => {
+                                let _ = arrived.send(payload);
+                            }
+                            None => tracing::warn!(channel = %message.channel, "ignoring a non-binary envelope"),
+                        },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            // The sequence check counts the gap; repair now in
+                            // case nothing follows the lost envelopes.
+                            tracing::warn!(missed, "subscriber fell behind: envelopes lost");
+                            inner.repair();
                         }
-                        None => tracing::warn!(channel = %message.channel, "ignoring a non-binary envelope"),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        // The sequence check counts the gap; repair now in
-                        // case nothing follows the lost envelopes.
-                        tracing::warn!(missed, "subscriber fell behind: envelopes lost");
-                        inner.repair();
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
-            }
+            });
         });
         let mut reconnects = self.subscriber.reconnect_rx();
         loop {
