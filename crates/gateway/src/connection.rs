@@ -173,24 +173,40 @@ where
 
         let heartbeat = self.node.config.heartbeat;
         let idle_after = heartbeat.mul_f32(2.5);
-        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-        let mut close_at: Option<Instant> = None;
-        let slow = self.inbox.overflowed.clone();
-        let drain = self.node.drain.clone();
-        let abort = self.node.abort.clone();
+        // One timer, a quarter heartbeat apart, checks for silence and sends
+        // the pings: no timer is armed per frame.
+        let mut tick = tokio::time::interval_at(Instant::now() + heartbeat / 4, heartbeat / 4);
+        let mut pinged = Instant::now();
+        // The futures that outlive one turn of the loop are created once.
+        let (overflowed, drain, abort) =
+            (self.inbox.overflowed.clone(), self.node.drain.clone(), self.node.abort.clone());
+        let (overflowed, drain, abort) = (overflowed.cancelled(), drain.cancelled(), abort.cancelled());
+        let close_at = sleep_until(Instant::now() + Duration::from_secs(365 * 86_400));
+        tokio::pin!(overflowed, drain, abort, close_at);
+        let mut draining = false;
 
         loop {
             let step = tokio::select! {
                 biased;
-                () = slow.cancelled() => Err(End::SlowConsumer),
-                () = abort.cancelled() => Err(End::Draining),
-                () = drain.cancelled(), if close_at.is_none() => {
-                    close_at = Some(Instant::now() + self.node.drain_delay());
+                () = &mut overflowed => Err(End::SlowConsumer),
+                () = &mut abort => Err(End::Draining),
+                () = &mut drain, if !draining => {
+                    draining = true;
+                    close_at.as_mut().reset(Instant::now() + self.node.drain_delay());
                     Ok(())
                 }
-                () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => Err(End::Draining),
-                () = sleep_until(self.last_heard + idle_after) => Err(End::Idle),
-                _ = ping.tick() => self.send(Message::Ping(Bytes::new())).await,
+                () = &mut close_at, if draining => Err(End::Draining),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now >= self.last_heard + idle_after {
+                        Err(End::Idle)
+                    } else if now >= pinged + heartbeat {
+                        pinged = now;
+                        self.send(Message::Ping(Bytes::new())).await
+                    } else {
+                        Ok(())
+                    }
+                }
                 Some(push) = self.inbox.recv() => self.write_pushes(push).await,
                 incoming = self.ws.next() => self.receive(incoming).await,
             };
@@ -346,19 +362,17 @@ where
             Encoded::Text(text) => Message::text(text),
             Encoded::Binary(bytes) => Message::binary(bytes),
         };
-        let slow = self.inbox.overflowed.clone();
         tokio::select! {
             biased;
-            () = slow.cancelled() => Err(End::SlowConsumer),
+            () = self.inbox.overflowed.cancelled() => Err(End::SlowConsumer),
             sent = self.ws.feed(message) => sent.map_err(|_| End::Gone),
         }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        let slow = self.inbox.overflowed.clone();
         tokio::select! {
             biased;
-            () = slow.cancelled() => Err(End::SlowConsumer),
+            () = self.inbox.overflowed.cancelled() => Err(End::SlowConsumer),
             flushed = self.ws.flush() => flushed.map_err(|_| End::Gone),
         }
     }

@@ -33,7 +33,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Socket read buffer per connection: small, since most frames are small
 /// and an idle connection should cost little; larger frames still arrive
 /// whole, in several reads.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 type Body = Full<Bytes>;
 

@@ -137,6 +137,10 @@ pub struct Ack {
 }
 
 /// The backend of one node.
+///
+/// The Redis operations are boxed while they run: their futures are large,
+/// and unboxed they would be part of every connection task's state, idle
+/// or not.
 pub enum Backend {
     Memory(MemoryBackend),
     Redis(RedisBackend),
@@ -189,14 +193,14 @@ impl Backend {
     pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Connected, BackendError> {
         match self {
             Self::Memory(m) => Ok(Connected { letters: m.connect(user), epoch: m.epoch() }),
-            Self::Redis(r) => r.connect(user, conn).await,
+            Self::Redis(r) => Box::pin(r.connect(user, conn)).await,
         }
     }
 
     pub async fn disconnect(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
         match self {
             Self::Memory(_) => Ok(()),
-            Self::Redis(r) => r.disconnect(user, conn).await,
+            Self::Redis(r) => Box::pin(r.disconnect(user, conn)).await,
         }
     }
 
@@ -205,7 +209,7 @@ impl Backend {
     pub async fn send(&self, outgoing: Outgoing) -> Result<Accepted, BackendError> {
         match self {
             Self::Memory(m) => Ok(m.send(outgoing)),
-            Self::Redis(r) => r.send(outgoing).await,
+            Self::Redis(r) => Box::pin(r.send(outgoing)).await,
         }
     }
 
@@ -216,7 +220,7 @@ impl Backend {
                 m.ack(ack);
                 Ok(())
             }
-            Self::Redis(r) => r.ack(ack).await,
+            Self::Redis(r) => Box::pin(r.ack(ack)).await,
         }
     }
 
@@ -224,7 +228,7 @@ impl Backend {
     pub async fn online(&self, users: &[UserId]) -> Result<Vec<usize>, BackendError> {
         match self {
             Self::Memory(m) => Ok(m.online(users)),
-            Self::Redis(r) => r.online(users).await,
+            Self::Redis(r) => Box::pin(r.online(users)).await,
         }
     }
 
