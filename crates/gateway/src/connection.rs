@@ -120,7 +120,7 @@ struct Connection<S> {
     replayed: HashSet<MsgId>,
     /// Delivered and not yet acked: for the ack, and to skip a message the
     /// backend hands over again after a repair.
-    unacked: BTreeMap<MsgId, Letter>,
+    unacked: BTreeMap<MsgId, Arc<Letter>>,
 }
 
 impl<S> Connection<S>
@@ -159,10 +159,10 @@ where
             return end;
         }
         self.node.metrics.inbox_replayed.inc_by(letters.len() as u64);
-        for letter in letters {
+        for letter in letters.into_iter().map(Arc::new) {
             self.replayed.insert(letter.delivery.msg);
             self.remember(&letter);
-            if let Err(end) = self.feed(&ServerFrame::Message(letter.delivery)).await {
+            if let Err(end) = self.feed(&ServerFrame::Message(letter.delivery.clone())).await {
                 return end;
             }
             self.node.metrics.messages_out_delivered.inc();
@@ -229,7 +229,7 @@ where
                     } else {
                         self.remember(&letter);
                         let received_us = letter.received_us;
-                        self.feed(&ServerFrame::Message(letter.delivery)).await?;
+                        self.feed(&ServerFrame::Message(letter.delivery.clone())).await?;
                         self.node.metrics.messages_out_delivered.inc();
                         let routed = unix_micros().saturating_sub(received_us);
                         self.node.metrics.route_seconds.observe(Duration::from_micros(routed).as_secs_f64());
@@ -244,7 +244,7 @@ where
     }
 
     /// Remembers a delivered message until it is acked.
-    fn remember(&mut self, letter: &Letter) {
+    fn remember(&mut self, letter: &Arc<Letter>) {
         self.unacked.insert(letter.delivery.msg, letter.clone());
         if self.unacked.len() > UNACKED_CAP {
             self.unacked.pop_first();
@@ -334,7 +334,7 @@ where
     }
 
     async fn ack(&mut self, msg: MsgId) -> Result<(), End> {
-        let letter = self.unacked.remove(&msg);
+        let letter = self.unacked.remove(&msg).map(Arc::unwrap_or_clone);
         let ack = Ack { user: self.session.user.clone(), msg, letter };
         let timer = self.node.metrics.backend_ack.start_timer();
         let acked = self.node.backend.ack(ack).await;

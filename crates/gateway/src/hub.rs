@@ -131,7 +131,12 @@ mod tests {
         let body = Body::from_json(&format!("\"{}\"", "x".repeat(body_len))).unwrap();
         let user = UserId::parse("bob").unwrap();
         let delivery = Delivery { msg: MsgId::new(), from: user.clone(), to: user, body, ts: 0 };
-        Push::Message(Letter { delivery: Arc::new(delivery), reply_to: None, received_us: 0, stored_as: None })
+        Push::Message(Arc::new(Letter {
+            delivery: Arc::new(delivery),
+            reply_to: None,
+            received_us: 0,
+            stored_as: None,
+        }))
     }
 
     #[tokio::test]

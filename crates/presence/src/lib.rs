@@ -77,10 +77,12 @@ pub struct Letter {
     pub stored_as: Option<Arc<str>>,
 }
 
-/// What the backend hands to a local connection.
+/// What the backend hands to a local connection. Both kinds are shared
+/// between the connections of a user, and a push is small: every
+/// connection's queue preallocates room for a few dozen of them.
 #[derive(Clone, Debug)]
 pub enum Push {
-    Message(Letter),
+    Message(Arc<Letter>),
     Receipt(Arc<Receipt>),
 }
 

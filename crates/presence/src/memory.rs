@@ -133,16 +133,16 @@ impl State {
         let status = match self.settings.mode {
             Mode::Durable => {
                 self.store(letter.clone());
-                reached(self.local.push(&to, &Push::Message(letter)))
+                reached(self.local.push(&to, &Push::Message(Arc::new(letter))))
             }
             Mode::Fast => {
-                let status = reached(self.local.push(&to, &Push::Message(letter.clone())));
+                let status = reached(self.local.push(&to, &Push::Message(Arc::new(letter.clone()))));
                 if status == AcceptStatus::Stored {
                     // The recipient may have connected, and read its inbox,
                     // between the push and the store: push once more (a
                     // connection skips what its replay already wrote).
                     self.store(letter.clone());
-                    self.local.push(&to, &Push::Message(letter));
+                    self.local.push(&to, &Push::Message(Arc::new(letter)));
                 }
                 status
             }

@@ -320,7 +320,7 @@ impl Inner {
         }
         letter.stored_as = entry;
         let nodes: HashSet<&str> = conns.iter().map(|(_, node)| node.as_str()).collect();
-        let status = reached(self.route(&to, &Push::Message(letter.clone()), &nodes));
+        let status = reached(self.route(&to, &Push::Message(Arc::new(letter.clone())), &nodes));
         if status == AcceptStatus::Stored && !durable {
             // The script reads presence after it stores: a recipient that
             // registered since the first lookup is found now and gets the
@@ -328,7 +328,7 @@ impl Inner {
             let reply = self.store(&letter, true, None).await?;
             letter.stored_as = reply.entry;
             let nodes: HashSet<&str> = reply.conns.iter().map(|(_, node)| node.as_str()).collect();
-            self.route(&to, &Push::Message(letter), &nodes);
+            self.route(&to, &Push::Message(Arc::new(letter)), &nodes);
         }
         // The script recorded its guess from the presence entries; correct
         // it when those entries belonged to dead nodes.
@@ -555,7 +555,7 @@ impl Inner {
                     let to = delivery.to.clone();
                     let stored_as = stored_as.map(|s| Arc::from(s.as_str()));
                     let letter = Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as };
-                    self.local.push(&to, &Push::Message(letter));
+                    self.local.push(&to, &Push::Message(Arc::new(letter)));
                 }
                 Routed::Receipt { to, receipt } => {
                     self.local.push(&to, &Push::Receipt(Arc::new(receipt)));
@@ -589,7 +589,7 @@ impl Inner {
                     match inner.inbox(&user).await {
                         Ok(letters) => {
                             for letter in letters {
-                                inner.local.push(&user, &Push::Message(letter));
+                                inner.local.push(&user, &Push::Message(Arc::new(letter)));
                             }
                         }
                         Err(error) => {
