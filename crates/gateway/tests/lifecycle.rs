@@ -5,8 +5,6 @@
 use serde_json::json;
 use switchboard_protocol::{AcceptStatus, Codec};
 use switchboard_testkit::{Client, Connect, ConnectError, NodeProcess, SECRET, get, switchboard_bin, within};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::process::Command;
 
 async fn run(args: &[&str]) -> (Option<i32>, String, String) {
@@ -69,13 +67,7 @@ async fn sigterm_drains_with_1012_and_exits_cleanly() {
     let mut bob = Client::connect(&node.ws_url(), "bob").await;
     // A client that upgrades and then never reads nor answers the close:
     // it holds the node in its drain long enough to look at it.
-    let mut stuck = TcpStream::connect(node.public).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
-        switchboard_testkit::token("stuck")
-    );
-    stuck.write_all(request.as_bytes()).await.unwrap();
+    let stuck = switchboard_testkit::silent_client(node.public, "stuck").await;
     assert_eq!(get(node.public, "/readyz", &[]).await.status, 200);
     let (_, status) = alice.send_message("c-1", "bob", json!("before the drain")).await;
     assert_eq!(status, AcceptStatus::Routed);

@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_protocol::{AcceptStatus, ClientFrame, ErrorCode, ServerFrame};
 use switchboard_testkit::{Client, NodeProcess, get, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 fn error_of(frame: &ServerFrame) -> (Option<&str>, ErrorCode) {
@@ -151,13 +150,7 @@ async fn a_silent_client_is_closed_after_two_and_a_half_heartbeats() {
     let node = NodeProcess::start(&["--heartbeat", "200ms"]).await;
     // A raw client that completes the upgrade and then neither sends nor
     // answers pings.
-    let mut tcp = TcpStream::connect(node.public).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
-        switchboard_testkit::token("alice")
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut tcp = switchboard_testkit::silent_client(node.public, "alice").await;
     let mut received = Vec::new();
     within("the node to close the connection", tcp.read_to_end(&mut received)).await.unwrap();
     let text = String::from_utf8_lossy(&received);

@@ -216,3 +216,18 @@ fn placeholder_welcome() -> Welcome {
         epoch: uuid::Uuid::nil(),
     }
 }
+
+/// A client that completes the WebSocket upgrade as `user` on a raw socket
+/// and then does nothing: it neither sends nor reads, so it never answers a
+/// ping or a close. For idle timeouts and drains.
+pub async fn silent_client(addr: std::net::SocketAddr, user: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
+        crate::token(user)
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}

@@ -13,7 +13,7 @@ mod metrics;
 mod node;
 mod redis;
 
-pub use client::{Client, Connect, ConnectError};
+pub use client::{Client, Connect, ConnectError, silent_client};
 pub use http::{HttpResponse, get, post_json};
 pub use metrics::{Scrape, scrape};
 pub use node::{NodeProcess, switchboard_bin};

@@ -167,27 +167,7 @@ impl RedisServer {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-        let pid = child.id().unwrap_or_default();
-        let what = format!("redis-server on port {port} to answer PONG");
-        let ready = within(&what, async {
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    return Err(format!("exited with {status}"));
-                }
-                if cli(self.port, &["ping"]).await == "PONG" {
-                    // Make sure the PONG came from our process, not from a
-                    // server another test started on the same port.
-                    let info = cli(self.port, &["info", "server"]).await;
-                    return if info.lines().any(|l| l.trim() == format!("process_id:{pid}")) {
-                        Ok(())
-                    } else {
-                        Err("another server answers on this port".to_owned())
-                    };
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        })
-        .await;
+        let ready = answers_pong(&mut child, self.port, &format!("redis-server on port {port}")).await;
         match ready {
             Ok(()) => {
                 self.child = Some(child);
@@ -657,25 +637,7 @@ impl SentinelProcess {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel: {e}"));
-        let pid = child.id().unwrap_or_default();
-        let what = format!("redis sentinel on port {} to answer PONG", self.port);
-        let ready = within(&what, async {
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    return Err(format!("exited with {status}"));
-                }
-                if cli(self.port, &["ping"]).await == "PONG" {
-                    let info = cli(self.port, &["info", "server"]).await;
-                    return if info.lines().any(|l| l.trim() == format!("process_id:{pid}")) {
-                        Ok(())
-                    } else {
-                        Err("another server answers on this port".to_owned())
-                    };
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        })
-        .await;
+        let ready = answers_pong(&mut child, self.port, &format!("redis sentinel on port {}", self.port)).await;
         match ready {
             Ok(()) => {
                 self.child = Some(child);
@@ -708,4 +670,28 @@ impl Drop for SentinelProcess {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits until the process `child` answers PING on `port`, making sure the
+/// PONG came from it and not from a server another test started on the same
+/// port; an error when it exits first or another server answers.
+async fn answers_pong(child: &mut Child, port: u16, what: &str) -> Result<(), String> {
+    let pid = child.id().unwrap_or_default();
+    within(&format!("{what} to answer PONG"), async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("exited with {status}"));
+            }
+            if cli(port, &["ping"]).await == "PONG" {
+                let info = cli(port, &["info", "server"]).await;
+                return if info.lines().any(|l| l.trim() == format!("process_id:{pid}")) {
+                    Ok(())
+                } else {
+                    Err("another server answers on this port".to_owned())
+                };
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await
 }
