@@ -207,8 +207,10 @@ where
                         Ok(())
                     }
                 }
-                Some(push) = self.inbox.recv() => self.write_pushes(push).await,
-                incoming = self.ws.next() => self.receive(incoming).await,
+                // Boxed while they run: the connection's idle state stays
+                // small instead of reserving room for their largest await.
+                Some(push) = self.inbox.recv() => Box::pin(self.write_pushes(push)).await,
+                incoming = self.ws.next() => Box::pin(self.receive(incoming)).await,
             };
             if let Err(end) = step {
                 return end;
