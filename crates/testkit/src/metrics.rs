@@ -36,11 +36,4 @@ impl Scrape {
                 prometheus_parse::Value::Summary(_) => f64::NAN,
             })
     }
-
-    /// Every metric name in the scrape.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.samples.iter().map(|s| s.metric.clone()).collect();
-        names.dedup();
-        names
-    }
 }

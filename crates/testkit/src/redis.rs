@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -71,11 +71,6 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// The server's own directory (working dir, log file).
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// SIGKILL, as a crash; waits until the process is gone.
@@ -267,11 +262,6 @@ impl RedisCluster {
 
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
-    }
-
-    /// The node at `index` (0..3).
-    pub fn node(&self, index: usize) -> &RedisServer {
-        &self.nodes[index]
     }
 
     /// Runs `redis-cli -p PORT args...` against node `index`; pass `-c` to
