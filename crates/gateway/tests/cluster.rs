@@ -35,6 +35,16 @@ async fn online(client: &mut Client, users: &[&str]) -> Vec<bool> {
     }
 }
 
+/// Asks `client`'s node until `user`'s presence is `online`.
+async fn until_online(client: &mut Client, user: &str, online_now: bool) {
+    within(&format!("{user} to be online: {online_now}"), async {
+        while online(client, &[user]).await != [online_now] {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 async fn expect_receipt(client: &mut Client, id: &str, msg: MsgId) {
     match client.recv().await {
         ServerFrame::Receipt(receipt) => assert_eq!((receipt.id.as_str(), receipt.msg), (id, msg)),
@@ -115,12 +125,7 @@ async fn a_killed_node_loses_nothing_accepted(url: &str) {
         accepted.push(alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0);
     }
     // Bob leaves presence once the dead node is swept.
-    within("bob to leave presence", async {
-        while online(&mut alice, &["bob"]).await != [false] {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_online(&mut alice, "bob", false).await;
     for i in 25..30 {
         let (msg, status) = alice.send_message(&format!("a-{i}"), "bob", json!(i)).await;
         assert_eq!(status, AcceptStatus::Stored);
@@ -146,23 +151,13 @@ async fn a_node_presumed_dead_comes_back_whole() {
     let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
 
     nodes[1].pause().await;
-    within("bob to be swept", async {
-        while online(&mut alice, &["bob"]).await != [false] {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_online(&mut alice, "bob", false).await;
     let (meanwhile, status) = alice.send_message("a-1", "bob", json!("while you slept")).await;
     assert_eq!(status, AcceptStatus::Stored);
     nodes[1].resume().await;
 
     assert_eq!(bob.recv_message().await.msg, meanwhile);
-    within("bob to be back in presence", async {
-        while online(&mut alice, &["bob"]).await != [true] {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_online(&mut alice, "bob", true).await;
     let (msg, status) = alice.send_message("a-2", "bob", json!("awake")).await;
     assert_eq!(status, AcceptStatus::Routed);
     assert_eq!(bob.recv_message().await.msg, msg);

@@ -180,19 +180,29 @@ impl RedisServer {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail(&self.log_path(), 20)
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        kill_and_remove(&mut self.child, &self.dir);
     }
+}
+
+/// The last `count` lines of the file at `path`.
+fn tail(path: &std::path::Path, count: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+/// Kills a test's process (SIGKILL) and removes its directory.
+fn kill_and_remove(child: &mut Option<Child>, dir: &std::path::Path) {
+    if let Some(child) = child.as_mut() {
+        let _ = child.start_kill();
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Three cluster masters covering all slots, no replicas.
@@ -647,18 +657,13 @@ impl SentinelProcess {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        tail(&self.log_path(), 30)
     }
 }
 
 impl Drop for SentinelProcess {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        kill_and_remove(&mut self.child, &self.dir);
     }
 }
 
