@@ -5,7 +5,7 @@
 //! The handler is written over any `Stream + Sink` of WebSocket messages,
 //! so it runs the same over a socket or an in-memory pair.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +19,9 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::hub::{self, Inbox};
+use crate::hub::{self, Inbox, Outbox, Overflowed};
 use crate::limits::{RateLimit, Verdict};
 use crate::node::Node;
 
@@ -79,34 +78,14 @@ impl End {
     }
 }
 
-/// Serves one upgraded connection until it ends.
-pub async fn run<S>(node: Arc<Node>, session: Session, ws: S)
+/// Serves one upgraded connection until it ends. The connection is built
+/// here, outside the future, so the task holds it once.
+pub fn run<S>(node: Arc<Node>, session: Session, ws: S) -> impl Future<Output = ()>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    let span = tracing::info_span!("conn", conn = %session.conn, user = %session.user);
-    async move {
-        let (outbox, inbox) = hub::outbox(session.conn, node.config.send_queue_bytes);
-        node.hub.insert(&session.user, outbox);
-        node.metrics.connections.inc();
-        node.metrics.connections_total.inc();
-        tracing::debug!("open");
-
-        let mut connection = Connection::new(node.clone(), session, ws, inbox);
-        let end = connection.serve().await;
-        connection.close(end).await;
-
-        let Connection { session, .. } = connection;
-        node.hub.remove(&session.user, session.conn);
-        if let Err(error) = node.backend.disconnect(&session.user, session.conn).await {
-            node.metrics.redis_errors.inc();
-            tracing::warn!(%error, "presence entry left for the sweeper");
-        }
-        node.metrics.connections.dec();
-        tracing::debug!(?end, "closed");
-    }
-    .instrument(span)
-    .await;
+    let (outbox, inbox) = hub::outbox(session.conn, node.config.send_queue_bytes);
+    Connection::new(node, session, ws, inbox).live(outbox)
 }
 
 struct Connection<S> {
@@ -117,7 +96,7 @@ struct Connection<S> {
     limit: RateLimit,
     last_heard: Instant,
     /// Replayed from the inbox: skipped if the same message also arrives live.
-    replayed: HashSet<MsgId>,
+    replayed: BTreeSet<MsgId>,
     /// Delivered and not yet acked: for the ack, and to skip a message the
     /// backend hands over again after a repair.
     unacked: BTreeMap<MsgId, Arc<Letter>>,
@@ -130,7 +109,28 @@ where
     fn new(node: Arc<Node>, session: Session, ws: S, inbox: Inbox) -> Self {
         let now = Instant::now();
         let limit = RateLimit::new(node.config.rate_limit, node.config.rate_limit_burst, now);
-        Self { node, session, ws, inbox, limit, last_heard: now, replayed: HashSet::new(), unacked: BTreeMap::new() }
+        Self { node, session, ws, inbox, limit, last_heard: now, replayed: BTreeSet::new(), unacked: BTreeMap::new() }
+    }
+
+    /// The whole life: in the hub, served, closed with a reason, cleaned up.
+    async fn live(mut self, outbox: Outbox) {
+        let Session { user, conn, .. } = &self.session;
+        self.node.hub.insert(user, outbox);
+        self.node.metrics.connections.inc();
+        self.node.metrics.connections_total.inc();
+        tracing::debug!(%conn, %user, "open");
+
+        let end = self.serve().await;
+        self.close(end).await;
+
+        let (node, Session { user, conn, .. }) = (&self.node, &self.session);
+        node.hub.remove(user, *conn);
+        if let Err(error) = node.backend.disconnect(user, *conn).await {
+            node.metrics.redis_errors.inc();
+            tracing::warn!(%conn, %user, %error, "presence entry left for the sweeper");
+        }
+        node.metrics.connections.dec();
+        tracing::debug!(%conn, %user, ?end, "closed");
     }
 
     async fn serve(&mut self) -> End {
@@ -144,7 +144,7 @@ where
             Ok(connected) => connected,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
-                tracing::warn!(%error, "cannot register");
+                tracing::warn!(conn = %self.session.conn, user = %self.session.user, %error, "cannot register");
                 return End::Internal;
             }
         };
@@ -173,32 +173,36 @@ where
 
         let heartbeat = self.node.config.heartbeat;
         let idle_after = heartbeat.mul_f32(2.5);
-        // One timer, a quarter heartbeat apart, checks for silence and sends
-        // the pings: no timer is armed per frame.
-        let mut tick = tokio::time::interval_at(Instant::now() + heartbeat / 4, heartbeat / 4);
+        // One timer, due every quarter heartbeat or at the drain's close
+        // time, checks for silence, sends the pings and ends a draining
+        // connection: no timer is armed per frame.
+        let quarter = heartbeat / 4;
+        let timer = sleep_until(Instant::now() + quarter);
         let mut pinged = Instant::now();
+        let mut close_at: Option<Instant> = None;
         // The futures that outlive one turn of the loop are created once.
-        let (overflowed, drain, abort) =
-            (self.inbox.overflowed.clone(), self.node.drain.clone(), self.node.abort.clone());
-        let (overflowed, drain, abort) = (overflowed.cancelled(), drain.cancelled(), abort.cancelled());
-        let close_at = sleep_until(Instant::now() + Duration::from_secs(365 * 86_400));
-        tokio::pin!(overflowed, drain, abort, close_at);
-        let mut draining = false;
+        let (drain, abort) = (self.node.drain.clone(), self.node.abort.clone());
+        let (drain, abort) = (drain.cancelled(), abort.cancelled());
+        tokio::pin!(drain, abort, timer);
 
         loop {
             let step = tokio::select! {
                 biased;
-                () = &mut overflowed => Err(End::SlowConsumer),
                 () = &mut abort => Err(End::Draining),
-                () = &mut drain, if !draining => {
-                    draining = true;
-                    close_at.as_mut().reset(Instant::now() + self.node.drain_delay());
+                () = &mut drain, if close_at.is_none() => {
+                    let at = Instant::now() + self.node.drain_delay();
+                    close_at = Some(at);
+                    let due = timer.deadline().min(at);
+                    timer.as_mut().reset(due);
                     Ok(())
                 }
-                () = &mut close_at, if draining => Err(End::Draining),
-                _ = tick.tick() => {
+                () = &mut timer => {
                     let now = Instant::now();
-                    if now >= self.last_heard + idle_after {
+                    let next = now + quarter;
+                    timer.as_mut().reset(close_at.map_or(next, |at| at.min(next)));
+                    if close_at.is_some_and(|at| now >= at) {
+                        Err(End::Draining)
+                    } else if now >= self.last_heard + idle_after {
                         Err(End::Idle)
                     } else if now >= pinged + heartbeat {
                         pinged = now;
@@ -209,7 +213,10 @@ where
                 }
                 // Boxed while they run: the connection's idle state stays
                 // small instead of reserving room for their largest await.
-                Some(push) = self.inbox.recv() => Box::pin(self.write_pushes(push)).await,
+                next = self.inbox.recv() => match next {
+                    Ok(push) => Box::pin(self.write_pushes(push)).await,
+                    Err(Overflowed) => Err(End::SlowConsumer),
+                },
                 incoming = self.ws.next() => Box::pin(self.receive(incoming)).await,
             };
             if let Err(end) = step {
@@ -260,7 +267,7 @@ where
                 return Err(End::TooLarge);
             }
             Some(Err(error)) => {
-                tracing::debug!(%error, "socket error");
+                tracing::debug!(conn = %self.session.conn, %error, "socket error");
                 return Err(End::Gone);
             }
             Some(Ok(message)) => message,
@@ -343,7 +350,7 @@ where
         timer.observe_duration();
         if let Err(error) = acked {
             self.node.metrics.redis_errors.inc();
-            tracing::warn!(%error, "ack not recorded");
+            tracing::warn!(conn = %self.session.conn, user = %self.session.user, %error, "ack not recorded");
             return self.error(None, ErrorCode::Internal, "ack not recorded; ack again").await;
         }
         Ok(())
@@ -366,7 +373,7 @@ where
         };
         tokio::select! {
             biased;
-            () = self.inbox.overflowed.cancelled() => Err(End::SlowConsumer),
+            () = self.inbox.overflowed() => Err(End::SlowConsumer),
             sent = self.ws.feed(message) => sent.map_err(|_| End::Gone),
         }
     }
@@ -374,7 +381,7 @@ where
     async fn flush(&mut self) -> Result<(), End> {
         tokio::select! {
             biased;
-            () = self.inbox.overflowed.cancelled() => Err(End::SlowConsumer),
+            () = self.inbox.overflowed() => Err(End::SlowConsumer),
             flushed = self.ws.flush() => flushed.map_err(|_| End::Gone),
         }
     }

@@ -12,9 +12,10 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_protocol::Codec;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -33,7 +34,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Socket read buffer per connection: small, since most frames are small
 /// and an idle connection should cost little; larger frames still arrive
 /// whole, in several reads.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 
 type Body = Full<Bytes>;
 
@@ -118,20 +119,9 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     let max_frame = node.config.max_frame_bytes;
     node.connections.spawn(async move {
         let _permit = permit;
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "upgrade failed");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(0)
-            .max_write_buffer_size(max_frame * 4)
-            .max_message_size(Some(max_frame))
-            .max_frame_size(Some(max_frame));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        // Boxed, so the task keeps no room for the handshake's state for
+        // the whole life of the connection.
+        let Some(ws) = Box::pin(websocket(on_upgrade, max_frame)).await else { return };
         let session = Session { user, conn: Uuid::now_v7(), codec };
         connection::run(node_for_task, session, ws).await;
     });
@@ -148,6 +138,31 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(codec.protocol()));
     }
     response
+}
+
+/// The WebSocket over the upgraded connection, once hyper hands it over.
+/// It runs on the TCP stream itself, taken back from hyper with whatever
+/// hyper read past the request: no boxed I/O layer stays in between.
+async fn websocket(on_upgrade: OnUpgrade, max_frame: usize) -> Option<WebSocketStream<TcpStream>> {
+    let parts = match on_upgrade.await.map(Upgraded::downcast::<TokioIo<TcpStream>>) {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(_)) => {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return None;
+        }
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return None;
+        }
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame * 4)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let (stream, read) = (parts.io.into_inner(), parts.read_buf.to_vec());
+    Some(WebSocketStream::from_partially_read(stream, read, Role::Server, Some(config)).await)
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed version 13 upgrade request.

@@ -5,43 +5,53 @@
 //! past its limit the connection is a slow consumer and is told to close,
 //! never silently skipped.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use switchboard_presence::{Local, Push};
 use switchboard_protocol::UserId;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// The sending half of one connection's queue.
+/// One connection's queue, shared by its producers and the connection. It
+/// is a few words until something is queued: an idle connection should
+/// cost little, and most connections are idle.
+#[derive(Default)]
+struct Queue {
+    pushes: Mutex<VecDeque<Push>>,
+    /// Approximate bytes of the pushes waiting.
+    bytes: AtomicUsize,
+    /// Set when a producer found the queue over its limit.
+    overflowed: AtomicBool,
+    /// Set when the connection ended: producers stop queueing.
+    closed: AtomicBool,
+    /// Wakes the connection: a push arrived or the queue overflowed.
+    wake: Notify,
+}
+
+/// The producers' side of one connection's queue.
 #[derive(Clone)]
 pub struct Outbox {
     conn: Uuid,
-    tx: mpsc::UnboundedSender<Push>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     limit: usize,
-    overflowed: CancellationToken,
 }
 
-/// The receiving half, owned by the connection task.
+/// The connection's side.
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<Push>,
-    queued: Arc<AtomicUsize>,
-    /// Cancelled when a producer found the queue over its limit.
-    pub overflowed: CancellationToken,
+    queue: Arc<Queue>,
 }
+
+/// The queue was over its limit: the connection is a slow consumer.
+#[derive(Debug)]
+pub struct Overflowed;
 
 /// A connection's queue: at most `limit` bytes of pushes waiting.
 pub fn outbox(conn: Uuid, limit: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let overflowed = CancellationToken::new();
-    (
-        Outbox { conn, tx, queued: queued.clone(), limit, overflowed: overflowed.clone() },
-        Inbox { rx, queued, overflowed },
-    )
+    let queue = Arc::new(Queue::default());
+    (Outbox { conn, queue: queue.clone(), limit }, Inbox { queue })
 }
 
 /// Approximate bytes a push takes once encoded.
@@ -55,27 +65,58 @@ fn cost(push: &Push) -> usize {
 impl Outbox {
     /// Queues `push`; false when the connection is gone or over its limit.
     pub fn push(&self, push: Push) -> bool {
-        let size = cost(&push);
-        if self.queued.fetch_add(size, Ordering::Relaxed) + size > self.limit {
-            self.queued.fetch_sub(size, Ordering::Relaxed);
-            self.overflowed.cancel();
+        let queue = &self.queue;
+        if queue.closed.load(Ordering::Relaxed) {
             return false;
         }
-        self.tx.send(push).is_ok()
+        let size = cost(&push);
+        if queue.bytes.fetch_add(size, Ordering::Relaxed) + size > self.limit {
+            queue.bytes.fetch_sub(size, Ordering::Relaxed);
+            queue.overflowed.store(true, Ordering::Release);
+            queue.wake.notify_one();
+            return false;
+        }
+        queue.pushes.lock().unwrap_or_else(|e| e.into_inner()).push_back(push);
+        queue.wake.notify_one();
+        true
     }
 }
 
 impl Inbox {
-    pub async fn recv(&mut self) -> Option<Push> {
-        let push = self.rx.recv().await?;
-        self.queued.fetch_sub(cost(&push), Ordering::Relaxed);
+    /// The next push, waiting for one; an error once the queue overflowed.
+    pub async fn recv(&self) -> Result<Push, Overflowed> {
+        loop {
+            self.check()?;
+            if let Some(push) = self.try_recv() {
+                return Ok(push);
+            }
+            // A wake-up that comes before this wait is kept as a permit.
+            self.queue.wake.notified().await;
+        }
+    }
+
+    /// The next push, if one is waiting.
+    pub fn try_recv(&self) -> Option<Push> {
+        let push = self.queue.pushes.lock().unwrap_or_else(|e| e.into_inner()).pop_front()?;
+        self.queue.bytes.fetch_sub(cost(&push), Ordering::Relaxed);
         Some(push)
     }
 
-    pub fn try_recv(&mut self) -> Option<Push> {
-        let push = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(cost(&push), Ordering::Relaxed);
-        Some(push)
+    /// Completes once the queue overflowed.
+    pub async fn overflowed(&self) {
+        while self.check().is_ok() {
+            self.queue.wake.notified().await;
+        }
+    }
+
+    fn check(&self) -> Result<(), Overflowed> {
+        if self.queue.overflowed.load(Ordering::Acquire) { Err(Overflowed) } else { Ok(()) }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -87,7 +128,8 @@ pub struct Hub {
 
 impl Hub {
     pub fn insert(&self, user: &UserId, outbox: Outbox) {
-        self.users.entry(user.clone()).or_default().push(outbox);
+        // Most users hold one connection: room for one until a second comes.
+        self.users.entry(user.clone()).or_insert_with(|| Vec::with_capacity(1)).push(outbox);
     }
 
     pub fn remove(&self, user: &UserId, conn: Uuid) {
@@ -141,15 +183,28 @@ mod tests {
 
     #[tokio::test]
     async fn an_outbox_over_its_limit_overflows_and_drops_nothing_queued() {
-        let (outbox, mut inbox) = outbox(Uuid::now_v7(), 1000);
+        let (outbox, inbox) = outbox(Uuid::now_v7(), 1000);
         assert!(outbox.push(message(100)));
         assert!(outbox.push(message(100)));
-        assert!(!inbox.overflowed.is_cancelled());
+        assert!(inbox.check().is_ok());
         assert!(!outbox.push(message(600)));
-        assert!(inbox.overflowed.is_cancelled());
-        assert!(inbox.recv().await.is_some());
+        inbox.overflowed().await;
+        assert!(inbox.recv().await.is_err());
+        assert!(inbox.try_recv().is_some());
         assert!(inbox.try_recv().is_some());
         assert!(inbox.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_a_waiting_connection_and_a_closed_one_takes_none() {
+        let (outbox, inbox) = outbox(Uuid::now_v7(), 1 << 20);
+        let waiting = tokio::spawn(async move { (inbox.recv().await.is_ok(), inbox) });
+        tokio::task::yield_now().await;
+        assert!(outbox.push(message(10)));
+        let (received, inbox) = waiting.await.unwrap();
+        assert!(received);
+        drop(inbox);
+        assert!(!outbox.push(message(10)));
     }
 
     #[test]
