@@ -10,7 +10,7 @@
 //! scheduler issued a message (its body's `t`) to the moment the recipient's
 //! reader decoded it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchboard_protocol::{AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Encoded, MsgId, ServerFrame, UserId};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
@@ -32,10 +32,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
-use crate::proc::{cpu_seconds, load_average, machine, open_files_limit, rss_bytes};
+use crate::proc::{cpu_seconds, ensure_open_files, load_average, machine, rss_bytes};
+use crate::targets::{Process, Role, Targets};
 
 const MAX_USERS: usize = 20_000;
-const MAX_RATE: f64 = 1_000_000.0;
+pub const MAX_RATE: f64 = 1_000_000.0;
 const MAX_DURATION: Duration = Duration::from_secs(600);
 const MAX_BODY_BYTES: usize = 60_000;
 /// Messages waiting for one connection's writer before further ones are dropped.
@@ -50,7 +51,8 @@ const HISTOGRAM_SHARDS: usize = 16;
 /// Share of the nodes' per-connection rate limit a connection may be offered.
 const RATE_LIMIT_HEADROOM: f64 = 0.9;
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Json,
     Msgpack,
@@ -65,57 +67,65 @@ impl Protocol {
     }
 }
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Node address (host:port, loopback only), repeatable; user i connects to node i % nodes.
-    #[arg(long = "node", required = true)]
-    nodes: Vec<SocketAddr>,
-    /// Process id of a node (same order as --node), repeatable: its CPU time and memory are measured.
-    #[arg(long = "pid")]
-    pids: Vec<u32>,
-    /// Process id of Redis, measured like the nodes.
-    #[arg(long)]
-    redis_pid: Option<u32>,
-    /// Source addresses to connect from, repeatable (127.0.0.x).
-    #[arg(long = "source", default_value = "127.0.0.1")]
-    sources: Vec<IpAddr>,
+/// The load of a chat run, from flags or from a scenario file's `[chat]`
+/// table (where every field but `seed` must be given).
+#[derive(Clone, Debug, clap::Args, Deserialize)]
+#[command(next_help_heading = "Load")]
+#[serde(deny_unknown_fields)]
+pub struct Load {
     /// Users, one connection each (ids u-0 .. u-N); at most 20000.
     #[arg(long, default_value_t = 200)]
-    users: usize,
+    pub users: usize,
     /// Messages per second offered in all; at most 1000000.
     #[arg(long, default_value_t = 10_000.0)]
-    rate: f64,
+    pub rate: f64,
     /// The measured window; at most 10 minutes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
+    #[serde(deserialize_with = "crate::scenario::duration")]
+    pub duration: Duration,
     /// Traffic before the measured window, not counted; at most 10 minutes.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
+    #[serde(deserialize_with = "crate::scenario::duration")]
+    pub warmup: Duration,
     /// Size of each message body (JSON text) in bytes.
     #[arg(long, default_value_t = 100)]
-    body_bytes: usize,
+    pub body_bytes: usize,
     /// Recipients ack every message (in durable mode this empties the inboxes).
     #[arg(long)]
-    ack: bool,
+    pub ack: bool,
     /// Client encoding.
     #[arg(long, value_enum, default_value = "json")]
-    protocol: Protocol,
-    /// The nodes' --rate-limit (messages per second per connection); sb-load refuses to offer a
-    /// connection more than 90% of it.
-    #[arg(long, default_value_t = 100.0)]
-    rate_limit: f64,
-    /// JWT secret of the nodes.
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET")]
-    jwt_secret: String,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
-    /// Free text stored in the report (for instance "durable" or "fast").
-    #[arg(long)]
-    label: Option<String>,
+    pub protocol: Protocol,
     /// Seed of the choice of senders and recipients; random when left out.
     #[arg(long)]
-    seed: Option<u64>,
+    pub seed: Option<u64>,
+}
+
+impl Load {
+    /// The same load offered at `rate`.
+    pub fn at_rate(&self, rate: f64) -> Self {
+        Self { rate, ..self.clone() }
+    }
+
+    /// The checks that do not depend on the targets.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.users < 2 || self.users > MAX_USERS {
+            bail!("users must be 2 to {MAX_USERS}");
+        }
+        if self.rate.is_nan() || self.rate <= 0.0 || self.rate > MAX_RATE {
+            bail!("rate must be above 0 and at most {MAX_RATE}");
+        }
+        if self.duration.is_zero() || self.duration > MAX_DURATION || self.warmup > MAX_DURATION {
+            bail!(
+                "duration must be above 0, and duration and warmup at most {}",
+                humantime::format_duration(MAX_DURATION)
+            );
+        }
+        if self.body_bytes > MAX_BODY_BYTES {
+            bail!("body_bytes must be at most {MAX_BODY_BYTES}");
+        }
+        Ok(())
+    }
 }
 
 type Socket = WebSocketStream<tokio::net::TcpStream>;
@@ -188,36 +198,31 @@ struct Sample {
     own_cpu: f64,
 }
 
-struct Process {
-    role: &'static str,
-    label: String,
-    pid: u32,
-}
-
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    validate(&args)?;
-    let codec = args.protocol.codec();
-    let nodes = args.nodes.len();
-    let processes = processes(&args);
+/// Runs `load` against `targets` and measures it; the report's `label` is `label`.
+pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow::Result<ChatReport> {
+    validate(targets, load)?;
+    let codec = load.protocol.codec();
+    let nodes = targets.nodes.len();
+    let processes = targets.processes();
     // Fail early on a wrong pid.
     sample(&processes)?;
     let load_before = load_average();
 
     let run_id = format!("{:x}-", now_us());
-    let window_first_seq = (args.warmup.as_secs_f64() * args.rate) as u64;
-    let total_seq = ((args.warmup + args.duration).as_secs_f64() * args.rate) as u64;
+    let window_first_seq = (load.warmup.as_secs_f64() * load.rate) as u64;
+    let total_seq = ((load.warmup + load.duration).as_secs_f64() * load.rate) as u64;
     let overhead = format!(r#"{{"t":{},"p":""}}"#, now_us()).len();
     let latency = (0..HISTOGRAM_SHARDS)
         .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared {
         codec,
-        ack: args.ack,
+        ack: load.ack,
         run: run_id,
         window_first_seq,
         window_start_us: AtomicU64::new(u64::MAX),
-        user_ids: (0..args.users).map(|i| UserId::parse(&format!("u-{i}"))).collect::<Result<_, _>>()?,
-        padding: "x".repeat(args.body_bytes.saturating_sub(overhead)),
+        user_ids: (0..load.users).map(|i| UserId::parse(&format!("u-{i}"))).collect::<Result<_, _>>()?,
+        padding: "x".repeat(load.body_bytes.saturating_sub(overhead)),
         pending_window: AtomicU64::new(0),
         sent_window: AtomicU64::new(0),
         write_failures: AtomicU64::new(0),
@@ -230,14 +235,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Connect every user; the run needs all of them.
     let connect_started = Instant::now();
-    let secret = args.jwt_secret.clone();
-    let mut opened: Vec<(usize, anyhow::Result<Socket>)> = futures_util::stream::iter(0..args.users)
+    let mut opened: Vec<(usize, anyhow::Result<Socket>)> = futures_util::stream::iter(0..load.users)
         .map(|i| {
-            let node = args.nodes[i % nodes];
-            let source = args.sources[(i / nodes) % args.sources.len()];
-            let secret = secret.clone();
+            let (node, source) = targets.route(i);
+            let secret = targets.jwt_secret.as_str();
             async move {
-                let result = tokio::time::timeout(CONNECT_TIMEOUT, open(i, node, source, &secret, codec))
+                let result = tokio::time::timeout(CONNECT_TIMEOUT, open(i, node, source, secret, codec))
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("no welcome within {CONNECT_TIMEOUT:?}")));
                 (i, result)
@@ -249,15 +252,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     opened.sort_by_key(|(i, _)| *i);
     let failed = opened.iter().filter(|(_, r)| r.is_err()).count();
     if let Some((i, Err(error))) = opened.iter().find(|(_, r)| r.is_err()) {
-        bail!("{failed} of {} connections failed; the first, user u-{i}: {error:#}", args.users);
+        bail!("{failed} of {} connections failed; the first, user u-{i}: {error:#}", load.users);
     }
-    println!("{} users connected to {nodes} node(s) in {:.1}s", args.users, connect_started.elapsed().as_secs_f64());
+    println!("{} users connected to {nodes} node(s) in {:.1}s", load.users, connect_started.elapsed().as_secs_f64());
 
     // A writer and a reader per connection.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut queues = Vec::with_capacity(args.users);
-    let mut writers: Vec<JoinHandle<()>> = Vec::with_capacity(args.users);
-    let mut readers: Vec<JoinHandle<ConnStats>> = Vec::with_capacity(args.users);
+    let mut queues = Vec::with_capacity(load.users);
+    let mut writers: Vec<JoinHandle<()>> = Vec::with_capacity(load.users);
+    let mut readers: Vec<JoinHandle<ConnStats>> = Vec::with_capacity(load.users);
     for (i, socket) in opened.into_iter().filter_map(|(i, r)| r.ok().map(|s| (i, s))) {
         let (sink, stream) = socket.split();
         let (queue_tx, queue_rx) = mpsc::channel(SEND_QUEUE);
@@ -268,16 +271,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // The scheduler: sequence number n is due at n / rate seconds.
-    let mut rng = args.seed.map_or_else(|| SmallRng::from_rng(&mut rand::rng()), SmallRng::seed_from_u64);
-    let mut order: Vec<u32> = (0..args.users as u32).collect();
+    let mut rng = load.seed.map_or_else(|| SmallRng::from_rng(&mut rand::rng()), SmallRng::seed_from_u64);
+    let mut order: Vec<u32> = (0..load.users as u32).collect();
     let mut next = order.len();
     let mut not_sent_full = 0u64;
     let mut not_sent_closed = 0u64;
     let mut max_lag = Duration::ZERO;
     let mut issued = 0u64;
     let mut window: Option<(Instant, Sample)> = None;
-    let warmup = args.warmup.as_secs_f64();
-    let total = (args.warmup + args.duration).as_secs_f64();
+    let warmup = load.warmup.as_secs_f64();
+    let total = (load.warmup + load.duration).as_secs_f64();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();
@@ -291,9 +294,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             window = Some((Instant::now(), sample(&processes)?));
         }
         let cap = if window.is_some() { total_seq } else { window_first_seq };
-        let due = ((elapsed * args.rate) as u64).min(cap);
+        let due = ((elapsed * load.rate) as u64).min(cap);
         if due > issued {
-            let behind = Duration::from_secs_f64((elapsed - issued as f64 / args.rate).max(0.0));
+            let behind = Duration::from_secs_f64((elapsed - issued as f64 / load.rate).max(0.0));
             max_lag = max_lag.max(behind);
         }
         let t_us = now_us();
@@ -309,7 +312,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             let from = order[next] as usize;
             next += 1;
-            let to = recipient(&mut rng, from, args.users, nodes);
+            let to = recipient(&mut rng, from, load.users, nodes);
             let t_us = if issued < window_first_seq { warmup_t_us } else { t_us };
             match queues[from].try_send(Outgoing { seq: issued, to, t_us }) {
                 Ok(()) => {
@@ -375,8 +378,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let report = Report {
-        args: &args,
+    Measured {
+        targets,
+        load,
+        label,
         shared: &shared,
         stats: &stats,
         processes: &processes,
@@ -389,66 +394,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         not_sent_full,
         not_sent_closed,
         max_lag,
-        load: [load_before, load_average()],
+        load_average: [load_before, load_average()],
     }
-    .build()?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    .report()
 }
 
-fn validate(args: &Args) -> anyhow::Result<()> {
-    if let Some(node) = args.nodes.iter().find(|n| !n.ip().is_loopback()) {
-        bail!("--node {node} is not a loopback address: sb-load only drives nodes on this machine");
+/// Checks `load` against the targets before anything connects.
+pub fn validate(targets: &Targets, load: &Load) -> anyhow::Result<()> {
+    targets.validate()?;
+    load.validate()?;
+    if load.users < targets.nodes.len() {
+        bail!("users must be at least the number of nodes ({})", targets.nodes.len());
     }
-    if let Some(source) = args.sources.iter().find(|s| !s.is_loopback()) {
-        bail!("--source {source} is not a loopback address");
-    }
-    if args.users < 2 || args.users > MAX_USERS {
-        bail!("--users must be 2 to {MAX_USERS}");
-    }
-    if args.users < args.nodes.len() {
-        bail!("--users must be at least the number of nodes ({})", args.nodes.len());
-    }
-    if args.rate.is_nan() || args.rate <= 0.0 || args.rate > MAX_RATE {
-        bail!("--rate must be above 0 and at most {MAX_RATE}");
-    }
-    if args.duration.is_zero() || args.duration > MAX_DURATION || args.warmup > MAX_DURATION {
-        bail!(
-            "--duration must be above 0, and --duration and --warmup at most {}",
-            humantime::format_duration(MAX_DURATION)
-        );
-    }
-    if args.body_bytes > MAX_BODY_BYTES {
-        bail!("--body-bytes must be at most {MAX_BODY_BYTES}");
-    }
-    if args.rate_limit.is_nan() || args.rate_limit <= 0.0 {
-        bail!("--rate-limit must be above 0");
-    }
-    let per_connection = args.rate / args.users as f64;
-    let allowed = args.rate_limit * RATE_LIMIT_HEADROOM;
+    let per_connection = load.rate / load.users as f64;
+    let allowed = targets.rate_limit * RATE_LIMIT_HEADROOM;
     if per_connection > allowed {
-        let users = (args.rate / allowed).ceil() as u64;
+        let users = (load.rate / allowed).ceil() as u64;
         let limit = (per_connection / RATE_LIMIT_HEADROOM).ceil() as u64;
         bail!(
-            "--rate {} over --users {} offers {per_connection:.0} messages/s per connection, more than 90% of the \
-             nodes' per-connection rate limit ({}/s): the nodes would answer rate_limited. Use --users {users} or \
+            "rate {} over {} users offers {per_connection:.0} messages/s per connection, more than 90% of the \
+             nodes' per-connection rate limit ({}/s): the nodes would answer rate_limited. Use {users} users or \
              more, or start the nodes with --rate-limit {limit} (and a matching --rate-limit-burst) and pass \
              --rate-limit {limit} to sb-load too.",
-            args.rate,
-            args.users,
-            args.rate_limit
+            load.rate,
+            load.users,
+            targets.rate_limit
         );
     }
-    if let Some(limit) = open_files_limit() {
-        let needed = args.users as u64 + 64;
-        if needed > limit {
-            bail!("{} users need about {needed} open files, the limit is {limit}: raise it with ulimit -n", args.users);
-        }
-    }
-    Ok(())
+    ensure_open_files(load.users)
 }
 
 /// A random recipient for `from`: on another node when there are several, else any other user.
@@ -462,27 +435,6 @@ fn recipient(rng: &mut SmallRng, from: usize, users: usize, nodes: usize) -> u32
         let to = rng.random_range(0..users - 1);
         (if to >= from { to + 1 } else { to }) as u32
     }
-}
-
-fn processes(args: &Args) -> Vec<Process> {
-    let mut list: Vec<Process> = args
-        .pids
-        .iter()
-        .enumerate()
-        .map(|(i, pid)| Process {
-            role: "node",
-            label: args
-                .nodes
-                .get(i)
-                .filter(|_| args.pids.len() == args.nodes.len())
-                .map_or_else(|| format!("node pid {pid}"), |n| n.to_string()),
-            pid: *pid,
-        })
-        .collect();
-    if let Some(pid) = args.redis_pid {
-        list.push(Process { role: "redis", label: "redis".to_owned(), pid });
-    }
-    list
 }
 
 fn sample(processes: &[Process]) -> anyhow::Result<Sample> {
@@ -706,8 +658,11 @@ async fn read_loop(
     stats
 }
 
-struct Report<'a> {
-    args: &'a Args,
+/// What a run measured, before it is summed up into a [`ChatReport`].
+struct Measured<'a> {
+    targets: &'a Targets,
+    load: &'a Load,
+    label: Option<&'a str>,
     shared: &'a Shared,
     stats: &'a [ConnStats],
     processes: &'a [Process],
@@ -721,166 +676,279 @@ struct Report<'a> {
     not_sent_closed: u64,
     max_lag: Duration,
     /// Load averages before connecting and at the end.
-    load: [Option<[f64; 3]>; 2],
+    load_average: [Option<[f64; 3]>; 2],
 }
 
-impl Report<'_> {
-    fn build(&self) -> anyhow::Result<serde_json::Value> {
-        let (args, shared) = (self.args, self.shared);
-        let window_seq = ((args.warmup + args.duration).as_secs_f64() * args.rate) as u64 - shared.window_first_seq;
+/// The result of a chat run: printed as a table, written as JSON (these
+/// field names), and judged step by step by the saturation search.
+#[derive(Serialize)]
+pub struct ChatReport {
+    scenario: &'static str,
+    label: Option<String>,
+    nodes: Vec<String>,
+    users: usize,
+    protocol: &'static str,
+    ack: bool,
+    body_bytes: usize,
+    warmup_seconds: f64,
+    pub duration_seconds: f64,
+    pub offered_rate: f64,
+    /// Messages due in the measured window.
+    pub offered: u64,
+    sent: u64,
+    send_rate: f64,
+    not_sent: u64,
+    not_sent_queue_full: u64,
+    not_sent_connection_gone: u64,
+    write_failures: u64,
+    max_schedule_lag_ms: f64,
+    accepted: u64,
+    accepted_routed: u64,
+    accepted_stored: u64,
+    unanswered: u64,
+    /// Distinct messages of the window delivered.
+    pub delivered: u64,
+    pub delivered_rate: f64,
+    duplicates: u64,
+    /// Accepted messages of the window not delivered by the end of the drain.
+    pub lost: u64,
+    delivered_from_warmup_or_earlier: u64,
+    errors: BTreeMap<String, u64>,
+    errors_in_warmup: u64,
+    closes: BTreeMap<String, u64>,
+    receipts_whole_run: u64,
+    undecodable_frames: u64,
+    bodies_without_t: u64,
+    acks_dropped: u64,
+    drained: bool,
+    drain_seconds: f64,
+    pub latency_ms: Latency,
+    /// Server CPU (nodes and Redis) per delivered message.
+    pub cpu_us_per_message: f64,
+    processes: Vec<ProcessCost>,
+    load_generator_cpu_seconds: f64,
+    machine: Machine,
+}
+
+#[derive(Serialize)]
+pub struct Latency {
+    count: u64,
+    pub p50: f64,
+    p90: f64,
+    pub p99: f64,
+    p999: f64,
+    max: f64,
+    mean: f64,
+}
+
+#[derive(Serialize)]
+struct ProcessCost {
+    role: Role,
+    name: String,
+    pid: u32,
+    cpu_seconds: f64,
+    cpu_seconds_while_sending: f64,
+    cpu_us_per_message: f64,
+    cpu_cores_while_sending: f64,
+    rss_bytes_start: u64,
+    rss_bytes_end: u64,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    nproc: usize,
+    cpu_model: String,
+    loadavg_start: Option<[f64; 3]>,
+    loadavg_end: Option<[f64; 3]>,
+}
+
+impl Measured<'_> {
+    fn report(&self) -> anyhow::Result<ChatReport> {
+        let (load, shared) = (self.load, self.shared);
+        let offered = ((load.warmup + load.duration).as_secs_f64() * load.rate) as u64 - shared.window_first_seq;
         let sent = shared.sent_window.load(Ordering::SeqCst);
         let routed = shared.routed_window.load(Ordering::SeqCst);
         let stored = shared.stored_window.load(Ordering::SeqCst);
         let accepted = routed + stored;
         let delivered = shared.delivered_window.load(Ordering::SeqCst);
-        let lost = accepted.saturating_sub(delivered);
         let sum = |f: fn(&ConnStats) -> u64| self.stats.iter().map(f).sum::<u64>();
-        let duplicates = sum(|s| s.duplicates);
-        let mut errors: HashMap<&str, u64> = HashMap::new();
-        let mut closes: HashMap<String, u64> = HashMap::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let mut closes: BTreeMap<String, u64> = BTreeMap::new();
         for s in self.stats {
             for (code, n) in &s.errors_window {
-                *errors.entry(code).or_default() += n;
+                *errors.entry((*code).to_owned()).or_default() += n;
             }
             if let Some(close) = &s.close {
                 *closes.entry(close.clone()).or_default() += 1;
             }
         }
+        let per_message = |seconds: f64| if delivered == 0 { 0.0 } else { seconds * 1e6 / delivered as f64 };
+        let processes: Vec<ProcessCost> = self
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let cpu = self.after.cpu[i] - self.before.cpu[i];
+                let cpu_sending = self.at_send_end.cpu[i] - self.before.cpu[i];
+                ProcessCost {
+                    role: p.role,
+                    name: p.name.clone(),
+                    pid: p.pid,
+                    cpu_seconds: cpu,
+                    cpu_seconds_while_sending: cpu_sending,
+                    cpu_us_per_message: per_message(cpu),
+                    cpu_cores_while_sending: cpu_sending / self.send_seconds.max(1e-9),
+                    rss_bytes_start: self.before.rss[i],
+                    rss_bytes_end: self.after.rss[i],
+                }
+            })
+            .collect();
+        let total_cpu: f64 = processes.iter().map(|p| p.cpu_seconds).sum();
+        let (nproc, cpu_model) = machine();
+        Ok(ChatReport {
+            scenario: "chat",
+            label: self.label.map(str::to_owned),
+            nodes: self.targets.nodes.iter().map(ToString::to_string).collect(),
+            users: load.users,
+            protocol: load.protocol.codec().protocol(),
+            ack: load.ack,
+            body_bytes: load.body_bytes,
+            warmup_seconds: load.warmup.as_secs_f64(),
+            duration_seconds: load.duration.as_secs_f64(),
+            offered_rate: load.rate,
+            offered,
+            sent,
+            send_rate: sent as f64 / self.send_seconds.max(1e-9),
+            not_sent: self.not_sent_full + self.not_sent_closed,
+            not_sent_queue_full: self.not_sent_full,
+            not_sent_connection_gone: self.not_sent_closed,
+            write_failures: shared.write_failures.load(Ordering::SeqCst),
+            max_schedule_lag_ms: self.max_lag.as_secs_f64() * 1000.0,
+            accepted,
+            accepted_routed: routed,
+            accepted_stored: stored,
+            unanswered: sent.saturating_sub(shared.answered_window.load(Ordering::SeqCst)),
+            delivered,
+            delivered_rate: delivered as f64 / load.duration.as_secs_f64(),
+            duplicates: sum(|s| s.duplicates),
+            lost: accepted.saturating_sub(delivered),
+            delivered_from_warmup_or_earlier: sum(|s| s.delivered_warmup),
+            errors,
+            errors_in_warmup: sum(|s| s.errors_warmup),
+            closes,
+            receipts_whole_run: sum(|s| s.receipts),
+            undecodable_frames: sum(|s| s.undecodable),
+            bodies_without_t: sum(|s| s.bad_bodies),
+            acks_dropped: sum(|s| s.acks_dropped),
+            drained: self.drained,
+            drain_seconds: self.drain_seconds,
+            latency_ms: self.latency()?,
+            cpu_us_per_message: per_message(total_cpu),
+            processes,
+            load_generator_cpu_seconds: self.after.own_cpu - self.before.own_cpu,
+            machine: Machine {
+                nproc,
+                cpu_model,
+                loadavg_start: self.load_average[0],
+                loadavg_end: self.load_average[1],
+            },
+        })
+    }
+
+    /// The readers' histograms merged, in milliseconds.
+    fn latency(&self) -> anyhow::Result<Latency> {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        for shard in &shared.latency {
+        for shard in &self.shared.latency {
             if let Ok(shard) = shard.lock() {
                 latency.add(&*shard)?;
             }
         }
         let ms = |us: u64| us as f64 / 1000.0;
         let q = |quantile: f64| if latency.is_empty() { 0.0 } else { ms(latency.value_at_quantile(quantile)) };
-        let (p50, p90, p99, p999, max) = (q(0.5), q(0.9), q(0.99), q(0.999), ms(latency.max()));
-        let per_message = |seconds: f64| if delivered == 0 { 0.0 } else { seconds * 1e6 / delivered as f64 };
+        Ok(Latency {
+            count: latency.len(),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: ms(latency.max()),
+            mean: latency.mean() / 1000.0,
+        })
+    }
+}
 
-        let mut total_cpu = 0.0;
-        let mut processes = Vec::new();
-        for (i, p) in self.processes.iter().enumerate() {
-            let cpu = self.after.cpu[i] - self.before.cpu[i];
-            let cpu_sending = self.at_send_end.cpu[i] - self.before.cpu[i];
-            total_cpu += cpu;
-            processes.push(serde_json::json!({
-                "role": p.role, "name": p.label, "pid": p.pid,
-                "cpu_seconds": cpu, "cpu_seconds_while_sending": cpu_sending,
-                "cpu_us_per_message": per_message(cpu),
-                "cpu_cores_while_sending": cpu_sending / self.send_seconds.max(1e-9),
-                "rss_bytes_start": self.before.rss[i], "rss_bytes_end": self.after.rss[i],
-            }));
-        }
-        let own_cpu = self.after.own_cpu - self.before.own_cpu;
-        let (nproc, model) = machine();
-        let mut report = serde_json::json!({
-            "scenario": "chat",
-            "label": args.label,
-            "nodes": args.nodes.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "users": args.users,
-            "protocol": args.protocol.codec().protocol(),
-            "ack": args.ack,
-            "body_bytes": args.body_bytes,
-            "warmup_seconds": args.warmup.as_secs_f64(),
-            "duration_seconds": args.duration.as_secs_f64(),
-            "offered_rate": args.rate,
-            "offered": window_seq,
-            "sent": sent,
-            "send_rate": sent as f64 / self.send_seconds.max(1e-9),
-            "not_sent": self.not_sent_full + self.not_sent_closed,
-            "not_sent_queue_full": self.not_sent_full,
-            "not_sent_connection_gone": self.not_sent_closed,
-            "write_failures": shared.write_failures.load(Ordering::SeqCst),
-            "max_schedule_lag_ms": self.max_lag.as_secs_f64() * 1000.0,
-        });
-        // In two parts: one json! of all of it is too deep for the macro.
-        let results = serde_json::json!({
-            "accepted": accepted,
-            "accepted_routed": routed,
-            "accepted_stored": stored,
-            "unanswered": sent.saturating_sub(shared.answered_window.load(Ordering::SeqCst)),
-            "delivered": delivered,
-            "duplicates": duplicates,
-            "lost": lost,
-            "delivered_from_warmup_or_earlier": sum(|s| s.delivered_warmup),
-            "errors": errors,
-            "errors_in_warmup": sum(|s| s.errors_warmup),
-            "closes": closes,
-            "receipts_whole_run": sum(|s| s.receipts),
-            "undecodable_frames": sum(|s| s.undecodable),
-            "bodies_without_t": sum(|s| s.bad_bodies),
-            "acks_dropped": sum(|s| s.acks_dropped),
-            "drained": self.drained,
-            "drain_seconds": self.drain_seconds,
-            "latency_ms": { "count": latency.len(), "p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": max,
-                            "mean": latency.mean() / 1000.0 },
-            "cpu_us_per_message": per_message(total_cpu),
-            "processes": processes,
-            "load_generator_cpu_seconds": own_cpu,
-            "machine": { "nproc": nproc, "cpu_model": model, "loadavg_start": self.load[0], "loadavg_end": self.load[1] },
-        });
-        if let (Some(report), serde_json::Value::Object(results)) = (report.as_object_mut(), results) {
-            report.extend(results);
-        }
-
+impl ChatReport {
+    /// The report as a few readable lines.
+    pub fn print(&self) {
         println!(
             "chat: {} node(s), {} users, {}, offered {}/s for {:.1}s after {:.1}s warmup, body {} B, ack {}",
-            args.nodes.len(),
-            args.users,
-            args.protocol.codec().protocol(),
-            args.rate,
-            args.duration.as_secs_f64(),
-            args.warmup.as_secs_f64(),
-            args.body_bytes,
-            if args.ack { "on" } else { "off" }
+            self.nodes.len(),
+            self.users,
+            self.protocol,
+            self.offered_rate,
+            self.duration_seconds,
+            self.warmup_seconds,
+            self.body_bytes,
+            if self.ack { "on" } else { "off" }
         );
         println!(
-            "  sent       {sent} of {window_seq} ({:.1}/s); not sent {} (queue full {}, connection gone {}); \
+            "  sent       {} of {} ({:.1}/s); not sent {} (queue full {}, connection gone {}); \
              write failures {}; max schedule lag {:.1} ms",
-            report["send_rate"].as_f64().unwrap_or(0.0),
-            self.not_sent_full + self.not_sent_closed,
-            self.not_sent_full,
-            self.not_sent_closed,
-            report["write_failures"],
-            self.max_lag.as_secs_f64() * 1000.0
+            self.sent,
+            self.offered,
+            self.send_rate,
+            self.not_sent,
+            self.not_sent_queue_full,
+            self.not_sent_connection_gone,
+            self.write_failures,
+            self.max_schedule_lag_ms
         );
-        println!("  accepted   {accepted} (routed {routed}, stored {stored}); unanswered {}", report["unanswered"]);
         println!(
-            "  delivered  {delivered} distinct; duplicates {duplicates}; lost {lost}; {} (after {:.2}s)",
+            "  accepted   {} (routed {}, stored {}); unanswered {}",
+            self.accepted, self.accepted_routed, self.accepted_stored, self.unanswered
+        );
+        println!(
+            "  delivered  {} distinct ({:.1}/s); duplicates {}; lost {}; {} (after {:.2}s)",
+            self.delivered,
+            self.delivered_rate,
+            self.duplicates,
+            self.lost,
             if self.drained { "all in" } else { "drain timed out" },
             self.drain_seconds
         );
+        let counts = |map: &BTreeMap<String, u64>| if map.is_empty() { "none".to_owned() } else { format!("{map:?}") };
+        println!("  errors     {}; closes {}", counts(&self.errors), counts(&self.closes));
+        let l = &self.latency_ms;
         println!(
-            "  errors     {}; closes {}",
-            if errors.is_empty() { "none".to_owned() } else { format!("{errors:?}") },
-            if closes.is_empty() { "none".to_owned() } else { format!("{closes:?}") }
+            "  latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l.p50, l.p90, l.p99, l.p999, l.max
         );
-        println!("  latency ms p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max:.3}");
-        for (i, p) in self.processes.iter().enumerate() {
-            let cpu = self.after.cpu[i] - self.before.cpu[i];
+        for p in &self.processes {
             println!(
                 "  cpu        {:<5} {:<21} pid {:<7} {:6.2}s  {:8.1} us/msg  RSS {:.1} -> {:.1} MiB",
                 p.role,
-                p.label,
+                p.name,
                 p.pid,
-                cpu,
-                per_message(cpu),
-                self.before.rss[i] as f64 / 1048576.0,
-                self.after.rss[i] as f64 / 1048576.0
+                p.cpu_seconds,
+                p.cpu_us_per_message,
+                p.rss_bytes_start as f64 / 1048576.0,
+                p.rss_bytes_end as f64 / 1048576.0
             );
         }
         println!(
-            "  cpu        total {:.2}s, {:.1} us per delivered message; load generator {own_cpu:.2}s",
-            total_cpu,
-            per_message(total_cpu)
+            "  cpu        total {:.2}s, {:.1} us per delivered message; load generator {:.2}s",
+            self.processes.iter().map(|p| p.cpu_seconds).sum::<f64>(),
+            self.cpu_us_per_message,
+            self.load_generator_cpu_seconds
         );
         let load = |l: Option<[f64; 3]>| l.map_or_else(|| "?".to_owned(), |[a, b, c]| format!("{a} {b} {c}"));
         println!(
-            "  machine    {nproc} x {model}; load average {} before, {} after",
-            load(self.load[0]),
-            load(self.load[1])
+            "  machine    {} x {}; load average {} before, {} after",
+            self.machine.nproc,
+            self.machine.cpu_model,
+            load(self.machine.loadavg_start),
+            load(self.machine.loadavg_end)
         );
-        Ok(report)
     }
 }
 

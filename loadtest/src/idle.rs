@@ -1,63 +1,102 @@
 //! Idle connections: open many, spread over nodes and source addresses,
-//! hold them, and report each node's resident memory per connection.
+//! hold them, and report the resident memory each one costs the nodes (and
+//! Redis, which keeps the presence of every connection).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
-use crate::proc::rss_bytes;
+use crate::proc::{ensure_open_files, rss_bytes};
+use crate::targets::{Role, Targets};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Node address (host:port), repeatable; connections are spread evenly.
-    #[arg(long = "node", required = true)]
-    nodes: Vec<SocketAddr>,
-    /// Process id of each node, in the same order, to read its memory.
-    #[arg(long = "pid")]
-    pids: Vec<u32>,
-    /// Source addresses to connect from, repeatable (127.0.0.x).
-    #[arg(long = "source", default_value = "127.0.0.1")]
-    sources: Vec<IpAddr>,
-    /// Connections to open in all; at most 200,000.
+const MAX_CONNECTIONS: usize = 200_000;
+const MAX_CONCURRENCY: usize = 10_000;
+const MAX_HOLD: Duration = Duration::from_secs(600);
+
+/// The load of an idle run, from flags or from a scenario file's `[idle]`
+/// table (where every field must be given).
+#[derive(Clone, Debug, clap::Args, Deserialize)]
+#[command(next_help_heading = "Load")]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    /// Connections to open in all; at most 200000.
     #[arg(long, default_value_t = 10_000)]
-    connections: usize,
+    pub connections: usize,
     /// Connections opening at once.
     #[arg(long, default_value_t = 200)]
-    concurrency: usize,
-    /// How long to hold them before measuring.
+    pub concurrency: usize,
+    /// How long to hold them before measuring; at most 10 minutes.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    hold: Duration,
-    /// JWT secret of the nodes.
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET")]
-    jwt_secret: String,
+    #[serde(deserialize_with = "crate::scenario::duration")]
+    pub hold: Duration,
+}
+
+impl Load {
+    /// The checks that do not depend on the targets.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.connections == 0 || self.connections > MAX_CONNECTIONS {
+            bail!("connections must be 1 to {MAX_CONNECTIONS}");
+        }
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            bail!("concurrency must be 1 to {MAX_CONCURRENCY}");
+        }
+        if self.hold > MAX_HOLD {
+            bail!("hold must be at most {}", humantime::format_duration(MAX_HOLD));
+        }
+        Ok(())
+    }
+}
+
+/// The result of an idle run, printed as lines and written as JSON.
+#[derive(Serialize)]
+pub struct IdleReport {
+    scenario: &'static str,
+    label: Option<String>,
+    connections: usize,
+    failed: usize,
+    open_seconds: f64,
+    processes: Vec<MemoryCost>,
+}
+
+#[derive(Serialize)]
+struct MemoryCost {
+    role: Role,
+    name: String,
+    pid: u32,
+    /// Connections it holds: a node its share, Redis all of them.
+    connections: f64,
+    rss_bytes_before: u64,
+    rss_bytes_after: u64,
+    bytes_per_connection: f64,
 }
 
 type Socket = WebSocketStream<tokio::net::TcpStream>;
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.connections > 200_000 {
-        bail!("at most 200000 connections");
-    }
-    let before: Vec<u64> = args.pids.iter().map(|pid| rss_bytes(*pid)).collect::<Result<_, _>>()?;
+/// Opens `load.connections`, holds them for `load.hold`, and measures.
+pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow::Result<IdleReport> {
+    targets.validate()?;
+    load.validate()?;
+    ensure_open_files(load.connections)?;
+    let processes = targets.processes();
+    let rss = || processes.iter().map(|p| rss_bytes(p.pid)).collect::<anyhow::Result<Vec<u64>>>();
+    let before = rss()?;
     let started = Instant::now();
-    let targets: Vec<(usize, SocketAddr, IpAddr)> = (0..args.connections)
-        .map(|i| (i, args.nodes[i % args.nodes.len()], args.sources[(i / args.nodes.len()) % args.sources.len()]))
-        .collect();
-    let secret = args.jwt_secret.clone();
-    let opened: Vec<anyhow::Result<Socket>> = futures_util::stream::iter(targets)
-        .map(|(i, node, source)| {
-            let secret = secret.clone();
-            async move { open(i, node, source, &secret).await }
+    let opened: Vec<anyhow::Result<Socket>> = futures_util::stream::iter(0..load.connections)
+        .map(|i| {
+            let (node, source) = targets.route(i);
+            open(i, node, source, &targets.jwt_secret)
         })
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(load.concurrency)
         .collect()
         .await;
+    let open_seconds = started.elapsed().as_secs_f64();
     let mut sockets = Vec::with_capacity(opened.len());
     let mut failed = 0usize;
     for result in opened {
@@ -71,38 +110,54 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let open_time = started.elapsed();
-    tokio::time::sleep(args.hold).await;
-    let after: Vec<u64> = args.pids.iter().map(|pid| rss_bytes(*pid)).collect::<Result<_, _>>()?;
+    tokio::time::sleep(load.hold).await;
+    let after = rss()?;
+    let held = sockets.len() as f64;
+    drop(sockets);
 
-    let per_node = sockets.len() as f64 / args.nodes.len() as f64;
-    let mut report = serde_json::json!({
-        "scenario": "idle",
-        "connections": sockets.len(),
-        "failed": failed,
-        "open_seconds": open_time.as_secs_f64(),
-        "nodes": [],
-    });
-    println!("{} connections open ({failed} failed) in {:.1}s", sockets.len(), open_time.as_secs_f64());
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        let per_conn = a.saturating_sub(*b) as f64 / per_node;
-        println!(
-            "node {} (pid {}): RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
-            args.nodes[i],
-            args.pids[i],
-            *b as f64 / 1048576.0,
-            *a as f64 / 1048576.0,
-            per_conn
-        );
-        if let Some(nodes) = report["nodes"].as_array_mut() {
-            nodes.push(serde_json::json!({
-                "node": args.nodes[i].to_string(), "rss_before": b, "rss_after": a, "bytes_per_connection": per_conn,
-            }));
+    let per_node = held / targets.nodes.len() as f64;
+    let costs = processes
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(p, (&before, &after))| {
+            let connections = if p.role == Role::Node { per_node } else { held };
+            MemoryCost {
+                role: p.role,
+                name: p.name.clone(),
+                pid: p.pid,
+                connections,
+                rss_bytes_before: before,
+                rss_bytes_after: after,
+                bytes_per_connection: after.saturating_sub(before) as f64 / connections.max(1.0),
+            }
+        })
+        .collect();
+    Ok(IdleReport {
+        scenario: "idle",
+        label: label.map(str::to_owned),
+        connections: held as usize,
+        failed,
+        open_seconds,
+        processes: costs,
+    })
+}
+
+impl IdleReport {
+    /// The report as a few readable lines.
+    pub fn print(&self) {
+        println!("{} connections open ({} failed) in {:.1}s", self.connections, self.failed, self.open_seconds);
+        for p in &self.processes {
+            println!(
+                "{} {} (pid {}): RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
+                p.role,
+                p.name,
+                p.pid,
+                p.rss_bytes_before as f64 / 1048576.0,
+                p.rss_bytes_after as f64 / 1048576.0,
+                p.bytes_per_connection
+            );
         }
     }
-    eprintln!("{report}");
-    drop(sockets);
-    Ok(())
 }
 
 async fn open(i: usize, node: SocketAddr, source: IpAddr, secret: &str) -> anyhow::Result<Socket> {

@@ -1,6 +1,6 @@
 //! What a server process costs, read from /proc.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 /// Resident memory of `pid` in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
@@ -29,10 +29,24 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// The soft limit on open files of this process, when /proc tells it.
-pub fn open_files_limit() -> Option<u64> {
+fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// Fails when this process may not hold `connections` sockets open, with
+/// room to spare for its other files.
+pub fn ensure_open_files(connections: usize) -> anyhow::Result<()> {
+    if let Some(limit) = open_files_limit() {
+        let needed = connections as u64 + 64;
+        if needed > limit {
+            bail!(
+                "{connections} connections need about {needed} open files, the limit is {limit}: raise it with ulimit -n"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Logical CPUs and the CPU model, for the report.
@@ -67,6 +81,8 @@ mod tests {
         assert!(rss_bytes(pid).unwrap_or(0) > 0);
         assert!(cpu_seconds(pid).is_ok());
         assert!(open_files_limit().unwrap_or(1) > 0);
+        assert!(ensure_open_files(1).is_ok());
+        assert!(ensure_open_files(usize::MAX / 2).is_err() || open_files_limit().is_none());
         assert!(machine().0 > 0);
         assert!(load_average().is_some());
     }
