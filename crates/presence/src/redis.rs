@@ -25,10 +25,10 @@ use fred::interfaces::{
 };
 use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
 use fred::types::scripts::Script;
-use fred::types::{Expiration, SetOptions, Value};
+use fred::types::{Expiration, Message, SetOptions, Value};
 use futures_util::StreamExt;
 use switchboard_protocol::{AcceptStatus, Delivery, Envelope, MsgId, Routed, UserId};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -166,8 +166,9 @@ impl RedisBackend {
         if stale > 0 {
             tracing::info!(connections = stale, "removed presence entries of an earlier life of this node id");
         }
+        let messages = inner.subscriber.message_rx();
         inner.beat().await?;
-        inner.tasks.spawn(inner.clone().listen());
+        inner.tasks.spawn(inner.clone().listen(messages));
         inner.tasks.spawn(inner.clone().heartbeat());
         inner.tasks.spawn(inner.clone().repairs());
         Ok(Self { inner })
@@ -484,8 +485,9 @@ impl Inner {
     /// each payload to an unbounded queue: the scheduler cannot starve it,
     /// so the client's preallocated pub/sub buffer does not overflow in a
     /// burst, and the queue grows only while a burst is being delivered.
-    async fn listen(self: Arc<Self>) {
-        let mut messages = self.subscriber.message_rx();
+    /// Takes `messages`, the subscriber's stream, opened before the first
+    /// heartbeat so that its probe, published at once, is not missed.
+    async fn listen(self: Arc<Self>, mut messages: broadcast::Receiver<Message>) {
         let (arrived, mut queue) = mpsc::unbounded_channel::<Bytes>();
         let inner = self.clone();
         let runtime = tokio::runtime::Handle::current();
