@@ -1,5 +1,9 @@
 //! Who is connecting: a JWT (`Authorization: Bearer` or `?token=`) whose
 //! `sub` is the user id, or `?user=` when insecure development auth is on.
+//!
+//! Only HS256 is accepted, whatever the token's header claims: a token that
+//! names another algorithm (`none`, or RS256 in the hope that the secret is
+//! taken for a public key) is refused before its signature is looked at.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,10 +38,19 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(jwt_secret: Option<&str>, dev_insecure: bool) -> Self {
+    /// Tokens must be signed with `jwt_secret` and, when `audience` is set,
+    /// carry it in `aud`; without `audience`, a token with an `aud` is refused.
+    pub fn new(jwt_secret: Option<&str>, audience: Option<&str>, dev_insecure: bool) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        match audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+            }
+            None => validation.set_required_spec_claims(&["exp", "sub"]),
+        }
         Self { key: jwt_secret.map(|s| DecodingKey::from_secret(s.as_bytes())), validation, dev_insecure }
     }
 
@@ -82,7 +95,7 @@ mod tests {
 
     #[test]
     fn header_and_query_tokens() {
-        let auth = Authenticator::new(Some("secret"), false);
+        let auth = Authenticator::new(Some("secret"), None, false);
         let token = issue_token("secret", &UserId::parse("alice").unwrap(), Duration::from_secs(60)).unwrap();
         assert_eq!(auth.authenticate(&bearer(&token), None).unwrap().as_str(), "alice");
         let query = format!("token={token}");
@@ -91,7 +104,7 @@ mod tests {
 
     #[test]
     fn refuses_what_it_must() {
-        let auth = Authenticator::new(Some("secret"), false);
+        let auth = Authenticator::new(Some("secret"), None, false);
         let alice = UserId::parse("alice").unwrap();
         let forged = issue_token("other", &alice, Duration::from_secs(60)).unwrap();
         assert!(matches!(auth.authenticate(&bearer(&forged), None), Err(AuthError::Invalid(_))));
@@ -101,7 +114,7 @@ mod tests {
 
     #[test]
     fn dev_auth_still_checks_the_user_id() {
-        let auth = Authenticator::new(None, true);
+        let auth = Authenticator::new(None, None, true);
         assert_eq!(auth.authenticate(&HeaderMap::new(), Some("user=a%40b")).unwrap().as_str(), "a@b");
         assert!(matches!(auth.authenticate(&HeaderMap::new(), Some("user=a%20b")), Err(AuthError::BadSubject(_))));
     }

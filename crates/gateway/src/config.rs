@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// HS256 secret for client tokens.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// The `aud` client tokens must carry; unset: tokens that carry an `aud` are refused.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Bearer key for /v1/*; unset: the server API answers 403.
     #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -90,6 +93,10 @@ pub struct ServeArgs {
     /// Most client connections this node holds; more get HTTP 503.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Most client connections from one IP address; more get HTTP 429. 0: no limit
+    /// (behind a proxy every client has the proxy's address).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -127,6 +134,7 @@ pub struct Config {
     pub node_id: String,
     pub node_ttl: Duration,
     pub jwt_secret: Option<String>,
+    pub jwt_audience: Option<String>,
     pub api_key: Option<String>,
     pub dev_insecure_auth: bool,
     pub mode: Mode,
@@ -139,6 +147,7 @@ pub struct Config {
     pub inbox_ttl: Duration,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 impl ServeArgs {
@@ -163,6 +172,9 @@ impl ServeArgs {
         }
         if self.jwt_secret.as_deref() == Some("") {
             return bad("jwt-secret", "must not be empty");
+        }
+        if self.jwt_audience.as_deref() == Some("") {
+            return bad("jwt-audience", "must not be empty");
         }
         if self.api_key.as_deref() == Some("") {
             return bad("api-key", "must not be empty");
@@ -222,6 +234,7 @@ impl ServeArgs {
             node_id,
             node_ttl: self.node_ttl,
             jwt_secret: self.jwt_secret,
+            jwt_audience: self.jwt_audience,
             api_key: self.api_key,
             dev_insecure_auth: self.dev_insecure_auth,
             mode: match self.delivery {
@@ -237,6 +250,7 @@ impl ServeArgs {
             inbox_ttl: self.inbox_ttl,
             shutdown_grace: self.shutdown_grace,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
         })
     }
 }

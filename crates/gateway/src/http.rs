@@ -4,6 +4,7 @@
 //! user.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,10 +43,10 @@ type Body = Full<Bytes>;
 pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationToken) {
     let requests = TaskTracker::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, usually: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -60,7 +61,7 @@ pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationTo
         requests.spawn(async move {
             let service = service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, Infallible>(route(&node, req).await) }
+                async move { Ok::<_, Infallible>(route(&node, peer.ip(), req).await) }
             });
             let conn = http1::Builder::new()
                 .max_buf_size(MAX_HEADER_BYTES)
@@ -82,9 +83,9 @@ pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationTo
     requests.wait().await;
 }
 
-async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+async fn route(node: &Arc<Node>, peer: IpAddr, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/ws" => upgrade(node, req),
+        "/ws" => upgrade(node, peer, req),
         path if path.starts_with("/v1/") => api::handle(node, req).await,
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if node.is_ready() => text(StatusCode::OK, "ready\n"),
@@ -93,7 +94,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Response<Body> {
     if node.drain.is_cancelled() {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is restarting; connect to another");
     }
@@ -113,12 +114,16 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     let Ok(permit) = node.capacity.clone().try_acquire_owned() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "node is full; connect to another");
     };
+    let Some(ip_permit) = node.per_ip.try_acquire(peer) else {
+        let message = "too many connections from this address; close some first";
+        return json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", message);
+    };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let node_for_task = node.clone();
     let max_frame = node.config.max_frame_bytes;
     node.connections.spawn(async move {
-        let _permit = permit;
+        let _permits = (permit, ip_permit);
         // Boxed, so the task keeps no room for the handshake's state for
         // the whole life of the connection.
         let Some(ws) = Box::pin(websocket(on_upgrade, max_frame)).await else { return };

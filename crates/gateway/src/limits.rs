@@ -1,6 +1,10 @@
 //! Per-connection rate limit: a token bucket, plus a count of refusals
-//! that tells an over-eager client from an abusive one.
+//! that tells an over-eager client from an abusive one; and the count of
+//! connections per source address.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -54,6 +58,49 @@ impl RateLimit {
     }
 }
 
+/// Connections per source address, so that one host cannot take a node's
+/// whole capacity. A permit is held for a connection's life.
+pub struct ConnectionsPerIp {
+    /// 0: no limit.
+    limit: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's share of its address's count; released on drop.
+pub struct IpPermit {
+    ip: IpAddr,
+    counts: Arc<ConnectionsPerIp>,
+}
+
+impl ConnectionsPerIp {
+    pub fn new(limit: usize) -> Self {
+        Self { limit, held: Mutex::new(HashMap::new()) }
+    }
+
+    /// A permit for one more connection from `ip`, unless it holds the limit.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(ip).or_insert(0);
+        if self.limit > 0 && *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpPermit { ip, counts: self.clone() })
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut held = self.counts.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +139,20 @@ mod tests {
                 assert_eq!(limit.check(now), Verdict::Limited);
             }
         }
+    }
+
+    #[test]
+    fn connections_per_ip_are_counted_until_dropped() {
+        let per_ip = Arc::new(ConnectionsPerIp::new(2));
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let first = per_ip.try_acquire(a).unwrap();
+        let _second = per_ip.try_acquire(a).unwrap();
+        assert!(per_ip.try_acquire(a).is_none());
+        assert!(per_ip.try_acquire(b).is_some());
+        drop(first);
+        assert!(per_ip.try_acquire(a).is_some());
+        let unlimited = Arc::new(ConnectionsPerIp::new(0));
+        let held: Vec<_> = (0..1000).map(|_| unlimited.try_acquire(a).unwrap()).collect();
+        assert_eq!(held.len(), 1000);
     }
 }

@@ -21,6 +21,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::http;
 use crate::hub::Hub;
+use crate::limits::ConnectionsPerIp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -37,6 +38,8 @@ pub struct Node {
     pub auth: Authenticator,
     /// Client connections this node may still take.
     pub capacity: Arc<Semaphore>,
+    /// Client connections by source address.
+    pub per_ip: Arc<ConnectionsPerIp>,
     /// Cancelled when the node starts to drain.
     pub drain: CancellationToken,
     /// Cancelled when the drain deadline passed: connections end at once.
@@ -120,8 +123,13 @@ pub async fn serve(
         tracing::warn!("INSECURE: --dev-insecure-auth accepts ?user=ID without a token; never use it in production");
     }
     let node = Arc::new(Node {
-        auth: Authenticator::new(config.jwt_secret.as_deref(), config.dev_insecure_auth),
+        auth: Authenticator::new(
+            config.jwt_secret.as_deref(),
+            config.jwt_audience.as_deref(),
+            config.dev_insecure_auth,
+        ),
         capacity: Arc::new(Semaphore::new(config.max_connections)),
+        per_ip: Arc::new(ConnectionsPerIp::new(config.max_connections_per_ip)),
         config,
         hub,
         backend,

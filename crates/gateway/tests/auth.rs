@@ -1,4 +1,6 @@
-//! Who may connect: every refusal happens before the upgrade, with 401.
+//! Who may connect: every refusal happens before the upgrade, with 401 for
+//! credentials (the whole matrix of bad tokens), 431 for oversized ones and
+//! 429 past the per-address connection limit.
 
 #![allow(clippy::unwrap_used)]
 
@@ -26,16 +28,36 @@ async fn bad_tokens_get_401_before_the_upgrade() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&format!(r#"{{"sub":"alice","exp":{exp}}}"#)))
     };
+    // Algorithm confusion: the header says RS256, the signature is an HMAC
+    // with the node's secret, as if the secret were an RSA public key.
+    let rs256_by_hmac = {
+        let claims = serde_json::json!({"sub": "alice", "exp": exp});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let hs = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        use base64::Engine;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
+        let (_, rest) = hs.split_once('.').unwrap();
+        format!("{header}.{rest}")
+    };
     let cases = [
         ("no token", Connect::default()),
         ("expired", bearer(sign(&serde_json::json!({"sub":"alice","exp": now_secs() - 600}), SECRET))),
         ("no exp", bearer(sign(&serde_json::json!({"sub":"alice"}), SECRET))),
+        ("not yet valid", bearer(sign(&serde_json::json!({"sub":"alice","exp": exp,"nbf": now_secs() + 300}), SECRET))),
+        ("no sub", bearer(sign(&serde_json::json!({"exp": exp}), SECRET))),
+        ("alg RS256", bearer(rs256_by_hmac)),
+        ("aud, none configured", bearer(sign(&serde_json::json!({"sub":"alice","exp": exp,"aud":"chat"}), SECRET))),
         ("forged", bearer(sign(&serde_json::json!({"sub":"alice","exp": exp}), "not-the-secret"))),
         ("alg none", bearer(alg_none)),
         ("garbage", bearer("a.b.c".to_owned())),
         ("bad sub", bearer(sign(&serde_json::json!({"sub":"alice smith","exp": exp}), SECRET))),
         ("long sub", bearer(sign(&serde_json::json!({"sub":"a".repeat(129),"exp": exp}), SECRET))),
         ("dev auth off", Connect { query: Some("user=alice".to_owned()), ..Connect::default() }),
+        ("bad token in the query", Connect { query: Some("token=a.b.c".to_owned()), ..Connect::default() }),
+        (
+            "valid query token, bad header token",
+            Connect { query: Some(format!("token={}", token("alice"))), ..bearer("x.y.z".to_owned()) },
+        ),
     ];
     for (case, connect) in cases {
         let (status, body) = refused(&node, connect).await;
@@ -88,4 +110,47 @@ async fn oversized_headers_get_431_and_plain_requests_to_ws_get_400() {
     assert_eq!(refused(&node, huge).await.0, 431);
     let plain = switchboard_testkit::get(node.public, "/ws", &[]).await;
     assert_eq!((plain.status, plain.json()["error"].as_str()), (400, Some("not_websocket")));
+}
+
+#[tokio::test]
+async fn tokens_must_name_the_configured_audience() {
+    let node = NodeProcess::start(&["--jwt-audience", "chat"]).await;
+    let exp = now_secs() + 600;
+    let with_aud =
+        |aud: serde_json::Value| bearer(sign(&serde_json::json!({"sub": "alice", "exp": exp, "aud": aud}), SECRET));
+    let ok = Client::open(&node.ws_url(), with_aud(serde_json::json!("chat"))).await.unwrap();
+    assert_eq!(ok.welcome.user.as_str(), "alice");
+    let among = Client::open(&node.ws_url(), with_aud(serde_json::json!(["billing", "chat"]))).await.unwrap();
+    assert_eq!(among.welcome.user.as_str(), "alice");
+    for (case, connect) in
+        [("another audience", with_aud(serde_json::json!("billing"))), ("no audience", bearer(token("alice")))]
+    {
+        let (status, body) = refused(&node, connect).await;
+        assert_eq!((case, status, body["error"].as_str()), (case, 401, Some("unauthorized")), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_tokens_get_431_in_the_header_or_the_query() {
+    let node = NodeProcess::start(&[]).await;
+    let claims = serde_json::json!({"sub": "alice", "exp": now_secs() + 600, "pad": "p".repeat(9000)});
+    let huge = sign(&claims, SECRET);
+    assert_eq!(refused(&node, bearer(huge.clone())).await.0, 431);
+    let in_query = Connect { query: Some(format!("token={huge}")), ..Connect::default() };
+    assert_eq!(refused(&node, in_query).await.0, 431);
+}
+
+#[tokio::test]
+async fn connections_per_address_are_limited_with_429() {
+    let node = NodeProcess::start(&["--max-connections-per-ip", "2"]).await;
+    let first = Client::connect(&node.ws_url(), "alice").await;
+    let _second = Client::connect(&node.ws_url(), "bob").await;
+    let (status, body) = refused(&node, bearer(token("carol"))).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("too_many_connections")), "{body}");
+    // A closed connection gives its place back.
+    drop(first);
+    switchboard_testkit::eventually("the closed connection to give its place back", || async {
+        Client::open(&node.ws_url(), bearer(token("carol"))).await.is_ok()
+    })
+    .await;
 }
