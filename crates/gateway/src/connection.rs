@@ -43,6 +43,9 @@ enum End {
     /// The client closed or the socket failed: nothing left to say.
     Gone,
     Idle,
+    /// A frame that breaks the WebSocket protocol (say, a compressed frame
+    /// where no compression was negotiated).
+    Protocol,
     TooLarge,
     Abuse,
     SlowConsumer,
@@ -56,6 +59,7 @@ impl End {
         match self {
             Self::Gone => "client",
             Self::Idle => "idle",
+            Self::Protocol => "protocol",
             Self::TooLarge => "too_large",
             Self::Abuse => "abuse",
             Self::SlowConsumer => "slow_consumer",
@@ -68,6 +72,7 @@ impl End {
         let (code, reason) = match self {
             Self::Gone => return None,
             Self::Idle => (CloseCode::Normal, "idle timeout"),
+            Self::Protocol => (CloseCode::Protocol, "protocol error"),
             Self::TooLarge => (CloseCode::Size, "frame too large"),
             Self::Abuse => (CloseCode::Policy, "rate limit exceeded"),
             Self::SlowConsumer => (CloseCode::Again, "slow consumer"),
@@ -265,6 +270,10 @@ where
             None => return Err(End::Gone),
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                 return Err(End::TooLarge);
+            }
+            Some(Err(WsError::Protocol(error))) => {
+                tracing::debug!(conn = %self.session.conn, %error, "protocol error");
+                return Err(End::Protocol);
             }
             Some(Err(error)) => {
                 tracing::debug!(conn = %self.session.conn, %error, "socket error");

@@ -19,8 +19,8 @@ const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Why a connection ended, as counted in `switchboard_disconnects_total`.
-pub const DISCONNECT_REASONS: [&str; 7] =
-    ["client", "idle", "too_large", "abuse", "slow_consumer", "draining", "internal"];
+pub const DISCONNECT_REASONS: [&str; 8] =
+    ["client", "idle", "protocol", "too_large", "abuse", "slow_consumer", "draining", "internal"];
 
 /// Error codes sent to clients, as counted in `switchboard_client_errors_total`.
 pub const ERROR_CODES: [&str; 5] = ["bad_frame", "too_large", "rate_limited", "invalid_recipient", "internal"];

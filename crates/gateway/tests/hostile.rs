@@ -1,0 +1,119 @@
+//! Hostile clients: each gets a clear answer and costs the node a bounded
+//! amount. (Floods of frames, oversized frames and headers, bad tokens and
+//! silent peers are in limits.rs and auth.rs.)
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+use switchboard_testkit::{Client, NodeProcess, get, silent_client, token, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The node's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    kib * 1024
+}
+
+async fn metric(node: &NodeProcess, name: &str) -> u64 {
+    let body = get(node.metrics, "/metrics", &[]).await.body;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_and_costs_a_bounded_amount_of_memory() {
+    let node = NodeProcess::start(&[
+        "--send-queue-bytes",
+        "65536",
+        "--inbox-max-len",
+        "10",
+        "--rate-limit",
+        "100000",
+        "--rate-limit-burst",
+        "100000",
+    ])
+    .await;
+    let mut alice = Client::connect(&node.ws_url(), "alice").await;
+    // Bob upgrades and never reads a byte, not even the 101.
+    let _bob = silent_client(node.public, "bob").await;
+    switchboard_testkit::eventually("bob to be online", || async {
+        metric(&node, "switchboard_connections").await == 2
+    })
+    .await;
+    let before = rss_bytes(node.pid());
+    let body = json!("z".repeat(60_000));
+    // 400 messages of 60 KB: 24 MB for a peer that takes none of it.
+    for i in 0..400 {
+        alice.send_message(&format!("m-{i}"), "bob", body.clone()).await;
+    }
+    switchboard_testkit::eventually("bob to be cut as a slow consumer", || async {
+        metric(&node, "switchboard_slow_consumer_disconnects_total").await == 1
+    })
+    .await;
+    let grown = rss_bytes(node.pid()).saturating_sub(before);
+    // The queue (64 KiB), the socket's write buffer and the 10 kept
+    // messages are all the node holds for bob.
+    assert!(grown < 8 << 20, "the node grew by {grown} bytes");
+}
+
+#[tokio::test]
+async fn compression_is_never_negotiated_and_a_compressed_frame_is_closed_with_1002() {
+    let node = NodeProcess::start(&[]).await;
+    let mut tcp = TcpStream::connect(node.public).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        token("alice")
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(within("the upgrade response", tcp.read_u8()).await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+
+    // A masked text frame with RSV1 set, as a deflate sender would write it.
+    let payload = b"\xf2\x48\xcd\xc9\xc9\x07\x00";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x80 | 0x40 | 0x01, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    within("the node to close the connection", tcp.read_to_end(&mut rest)).await.unwrap();
+    // The welcome, then a close frame with 1002, "protocol error".
+    let reason = b"protocol error";
+    let close = [&[0x88, 2 + reason.len() as u8, 0x03, 0xea][..], reason].concat();
+    assert!(rest.ends_with(&close), "{rest:?}");
+}
+
+#[tokio::test]
+async fn upgrades_without_the_websocket_headers_get_400() {
+    let node = NodeProcess::start(&[]).await;
+    let bearer = format!("Bearer {}", token("alice"));
+    let base = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("authorization", bearer.as_str()),
+    ];
+    for missing in ["connection", "upgrade", "sec-websocket-version", "sec-websocket-key"] {
+        let headers: Vec<_> = base.iter().filter(|(name, _)| *name != missing).copied().collect();
+        let answer = get(node.public, "/ws", &headers).await;
+        assert_eq!((missing, answer.status, answer.json()["error"].as_str()), (missing, 400, Some("not_websocket")));
+    }
+    let old_version: Vec<_> = base
+        .iter()
+        .map(|&(name, value)| if name == "sec-websocket-version" { (name, "8") } else { (name, value) })
+        .collect();
+    let answer = get(node.public, "/ws", &old_version).await;
+    assert_eq!((answer.status, answer.json()["error"].as_str()), (400, Some("not_websocket")));
+    // The node still serves a proper client.
+    Client::connect(&node.ws_url(), "alice").await;
+}
