@@ -465,19 +465,36 @@ impl Inner {
     }
 
     /// Messages that could not be handed to their node. In durable mode
-    /// they are in the inbox already; in fast mode they are stored now.
+    /// they are in the inbox already; in fast mode they are stored now, a
+    /// few at a time, until the backend stops: a node shutting down with
+    /// Redis gone does not wait out a timeout per message.
     async fn undeliverable(&self, items: Vec<Routed>) {
         if self.settings.mode == Mode::Durable {
             return;
         }
-        for item in items {
-            if let Routed::Deliver { delivery, reply_to, received_us, .. } = item {
-                let letter = Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as: None };
-                if let Err(error) = self.store(&letter, true, None).await {
-                    self.counters.backend_errors.inc();
-                    tracing::warn!(%error, msg = %letter.delivery.msg, "fast-mode message lost: cannot store it");
+        let letters: Vec<Letter> = items
+            .into_iter()
+            .filter_map(|item| match item {
+                Routed::Deliver { delivery, reply_to, received_us, .. } => {
+                    Some(Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as: None })
                 }
+                Routed::Receipt { .. } | Routed::Probe => None,
+            })
+            .collect();
+        let count = letters.len();
+        let store_all = futures_util::stream::iter(letters).for_each_concurrent(FAN_OUT, |letter| async move {
+            if let Err(error) = self.store(&letter, true, None).await {
+                self.counters.backend_errors.inc();
+                tracing::warn!(%error, msg = %letter.delivery.msg, "fast-mode message lost: cannot store it");
             }
+        });
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => {
+                self.counters.backend_errors.inc();
+                tracing::warn!(count, "shutting down: fast-mode messages for a gone node not stored");
+            }
+            () = store_all => {}
         }
     }
 
