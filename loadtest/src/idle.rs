@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
@@ -88,20 +89,27 @@ pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow:
     let rss = || processes.iter().map(|p| rss_bytes(p.pid)).collect::<anyhow::Result<Vec<u64>>>();
     let before = rss()?;
     let started = Instant::now();
-    let opened: Vec<anyhow::Result<Socket>> = futures_util::stream::iter(0..load.connections)
+    // Each connection is read from the moment it is open, so that the
+    // node's pings are answered and it does not close the connection as
+    // idle while the others are still opening or while they are held.
+    let opened: Vec<anyhow::Result<JoinHandle<()>>> = futures_util::stream::iter(0..load.connections)
         .map(|i| {
             let (node, source) = targets.route(i);
-            open(i, node, source, &targets.jwt_secret)
+            let socket = open(i, node, source, &targets.jwt_secret);
+            async move {
+                let mut socket = socket.await?;
+                Ok(tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} }))
+            }
         })
         .buffer_unordered(load.concurrency)
         .collect()
         .await;
     let open_seconds = started.elapsed().as_secs_f64();
-    let mut sockets = Vec::with_capacity(opened.len());
+    let mut readers = Vec::with_capacity(opened.len());
     let mut failed = 0usize;
     for result in opened {
         match result {
-            Ok(socket) => sockets.push(socket),
+            Ok(reader) => readers.push(reader),
             Err(error) => {
                 if failed == 0 {
                     eprintln!("first failure: {error:#}");
@@ -112,8 +120,13 @@ pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow:
     }
     tokio::time::sleep(load.hold).await;
     let after = rss()?;
-    let held = sockets.len() as f64;
-    drop(sockets);
+    // A reader that ended had its connection closed while held.
+    let closed = readers.iter().filter(|reader| reader.is_finished()).count();
+    if closed > 0 {
+        eprintln!("{closed} connections were closed while held");
+    }
+    let held = (readers.len() - closed) as f64;
+    readers.iter().for_each(JoinHandle::abort);
 
     let per_node = held / targets.nodes.len() as f64;
     let costs = processes
