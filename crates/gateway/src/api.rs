@@ -55,8 +55,16 @@ fn refuse<B>(node: &Node, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
-    let matches = bool::from(given.ct_eq(key.as_bytes()));
+    let matches = key_matches(given, key.as_bytes());
     (!matches).then(|| json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer key"))
+}
+
+/// Whether `given` is the key. Every byte of a key of the right length is
+/// compared, wherever the first difference is (`subtle`), so the time taken
+/// does not tell an attacker how much of a guess was right; only the key's
+/// length is not hidden.
+fn key_matches(given: &[u8], key: &[u8]) -> bool {
+    bool::from(given.ct_eq(key))
 }
 
 async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -122,4 +130,18 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_matches;
+
+    #[test]
+    fn only_the_exact_key_matches() {
+        let key = b"0123456789abcdef";
+        assert!(key_matches(key, key));
+        for wrong in [&b""[..], b"0123456789abcdeF", b"x123456789abcdef", b"0123456789abcde", b"0123456789abcdef0"] {
+            assert!(!key_matches(wrong, key), "{:?}", String::from_utf8_lossy(wrong));
+        }
+    }
 }
