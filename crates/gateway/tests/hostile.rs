@@ -117,3 +117,14 @@ async fn upgrades_without_the_websocket_headers_get_400() {
     // The node still serves a proper client.
     Client::connect(&node.ws_url(), "alice").await;
 }
+
+#[tokio::test]
+async fn a_forged_from_is_ignored() {
+    let node = NodeProcess::start(&[]).await;
+    let mut alice = Client::connect(&node.ws_url(), "alice").await;
+    let mut bob = Client::connect(&node.ws_url(), "bob").await;
+    let forged = json!({"type": "send", "id": "f-1", "to": "bob", "from": "mallory", "body": "hi"});
+    alice.send_raw(tokio_tungstenite::tungstenite::Message::text(forged.to_string())).await;
+    let got = bob.recv_message().await;
+    assert_eq!((got.from.as_str(), got.to.as_str(), got.body.to_value()), ("alice", "bob", json!("hi")));
+}
