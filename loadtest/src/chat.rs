@@ -35,10 +35,10 @@ use tokio_tungstenite::{WebSocketStream, client_async};
 use crate::proc::{cpu_seconds, ensure_open_files, load_average, machine, rss_bytes};
 use crate::targets::{Process, Role, Targets};
 
-const MAX_USERS: usize = 20_000;
+pub(crate) const MAX_USERS: usize = 20_000;
 pub const MAX_RATE: f64 = 1_000_000.0;
 const MAX_DURATION: Duration = Duration::from_secs(600);
-const MAX_BODY_BYTES: usize = 60_000;
+pub(crate) const MAX_BODY_BYTES: usize = 60_000;
 /// Messages waiting for one connection's writer before further ones are dropped.
 const SEND_QUEUE: usize = 64;
 /// Acks waiting for one connection's writer (the server tracks 4096 unacked).
@@ -128,7 +128,7 @@ impl Load {
     }
 }
 
-type Socket = WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Socket = WebSocketStream<tokio::net::TcpStream>;
 
 /// One message for a writer to send.
 struct Outgoing {
@@ -233,35 +233,14 @@ pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow:
         latency,
     });
 
-    // Connect every user; the run needs all of them.
-    let connect_started = Instant::now();
-    let mut opened: Vec<(usize, anyhow::Result<Socket>)> = futures_util::stream::iter(0..load.users)
-        .map(|i| {
-            let (node, source) = targets.route(i);
-            let secret = targets.jwt_secret.as_str();
-            async move {
-                let result = tokio::time::timeout(CONNECT_TIMEOUT, open(i, node, source, secret, codec))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no welcome within {CONNECT_TIMEOUT:?}")));
-                (i, result)
-            }
-        })
-        .buffer_unordered(200)
-        .collect()
-        .await;
-    opened.sort_by_key(|(i, _)| *i);
-    let failed = opened.iter().filter(|(_, r)| r.is_err()).count();
-    if let Some((i, Err(error))) = opened.iter().find(|(_, r)| r.is_err()) {
-        bail!("{failed} of {} connections failed; the first, user u-{i}: {error:#}", load.users);
-    }
-    println!("{} users connected to {nodes} node(s) in {:.1}s", load.users, connect_started.elapsed().as_secs_f64());
+    let sockets = connect_users(targets, load.users, codec).await?;
 
     // A writer and a reader per connection.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut queues = Vec::with_capacity(load.users);
     let mut writers: Vec<JoinHandle<()>> = Vec::with_capacity(load.users);
     let mut readers: Vec<JoinHandle<ConnStats>> = Vec::with_capacity(load.users);
-    for (i, socket) in opened.into_iter().filter_map(|(i, r)| r.ok().map(|s| (i, s))) {
+    for (i, socket) in sockets.into_iter().enumerate() {
         let (sink, stream) = socket.split();
         let (queue_tx, queue_rx) = mpsc::channel(SEND_QUEUE);
         let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
@@ -403,29 +382,63 @@ pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow:
 pub fn validate(targets: &Targets, load: &Load) -> anyhow::Result<()> {
     targets.validate()?;
     load.validate()?;
-    if load.users < targets.nodes.len() {
-        bail!("users must be at least the number of nodes ({})", targets.nodes.len());
-    }
-    let per_connection = load.rate / load.users as f64;
-    let allowed = targets.rate_limit * RATE_LIMIT_HEADROOM;
-    if per_connection > allowed {
-        let users = (load.rate / allowed).ceil() as u64;
-        let limit = (per_connection / RATE_LIMIT_HEADROOM).ceil() as u64;
-        bail!(
-            "rate {} over {} users offers {per_connection:.0} messages/s per connection, more than 90% of the \
-             nodes' per-connection rate limit ({}/s): the nodes would answer rate_limited. Use {users} users or \
-             more, or start the nodes with --rate-limit {limit} (and a matching --rate-limit-burst) and pass \
-             --rate-limit {limit} to sb-load too.",
-            load.rate,
-            load.users,
-            targets.rate_limit
-        );
-    }
+    ensure_fits_targets(targets, load.rate, load.users)?;
     ensure_open_files(load.users)
 }
 
+/// Fails when `users` connections spread over the nodes cannot carry `rate`
+/// messages/s in all: fewer users than nodes, or more per connection than
+/// the nodes' rate limit allows with headroom.
+pub(crate) fn ensure_fits_targets(targets: &Targets, rate: f64, users: usize) -> anyhow::Result<()> {
+    if users < targets.nodes.len() {
+        bail!("users must be at least the number of nodes ({})", targets.nodes.len());
+    }
+    let per_connection = rate / users as f64;
+    let allowed = targets.rate_limit * RATE_LIMIT_HEADROOM;
+    if per_connection > allowed {
+        let enough_users = (rate / allowed).ceil() as u64;
+        let limit = (per_connection / RATE_LIMIT_HEADROOM).ceil() as u64;
+        bail!(
+            "rate {rate} over {users} users offers {per_connection:.0} messages/s per connection, more than 90% of \
+             the nodes' per-connection rate limit ({}/s): the nodes would answer rate_limited. Use {enough_users} \
+             users or more, or start the nodes with --rate-limit {limit} (and a matching --rate-limit-burst) and \
+             pass --rate-limit {limit} to sb-load too.",
+            targets.rate_limit
+        );
+    }
+    Ok(())
+}
+
+/// Connects users u-0 .. u-`users` as [`Targets::route`] spreads them, and
+/// returns their connections in that order; fails unless all connect, since
+/// a run needs every one of them.
+pub(crate) async fn connect_users(targets: &Targets, users: usize, codec: Codec) -> anyhow::Result<Vec<Socket>> {
+    let started = Instant::now();
+    let mut opened: Vec<(usize, anyhow::Result<Socket>)> = futures_util::stream::iter(0..users)
+        .map(|i| {
+            let (node, source) = targets.route(i);
+            let secret = targets.jwt_secret.as_str();
+            async move {
+                let result = tokio::time::timeout(CONNECT_TIMEOUT, open(i, node, source, secret, codec))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no welcome within {CONNECT_TIMEOUT:?}")));
+                (i, result)
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    opened.sort_by_key(|(i, _)| *i);
+    let failed = opened.iter().filter(|(_, r)| r.is_err()).count();
+    if let Some((i, Err(error))) = opened.iter().find(|(_, r)| r.is_err()) {
+        bail!("{failed} of {users} connections failed; the first, user u-{i}: {error:#}");
+    }
+    println!("{users} users connected to {} node(s) in {:.1}s", targets.nodes.len(), started.elapsed().as_secs_f64());
+    Ok(opened.into_iter().filter_map(|(_, result)| result.ok()).collect())
+}
+
 /// A random recipient for `from`: on another node when there are several, else any other user.
-fn recipient(rng: &mut SmallRng, from: usize, users: usize, nodes: usize) -> u32 {
+pub(crate) fn recipient(rng: &mut SmallRng, from: usize, users: usize, nodes: usize) -> u32 {
     if nodes >= 2 {
         let node = (from % nodes + rng.random_range(1..nodes)) % nodes;
         // Users node, node + nodes, node + 2 * nodes, ... live on `node`.
@@ -445,11 +458,17 @@ fn sample(processes: &[Process]) -> anyhow::Result<Sample> {
     })
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-async fn open(i: usize, node: SocketAddr, source: IpAddr, secret: &str, codec: Codec) -> anyhow::Result<Socket> {
+pub(crate) async fn open(
+    i: usize,
+    node: SocketAddr,
+    source: IpAddr,
+    secret: &str,
+    codec: Codec,
+) -> anyhow::Result<Socket> {
     let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(node).await.with_context(|| format!("connect to {node} from {source}"))?;
@@ -558,7 +577,7 @@ fn ack_frame(shared: &Shared, msg: MsgId) -> Message {
     encoded(shared.codec.encode_client(&ClientFrame::Ack { msg }))
 }
 
-fn encoded(encoded: Encoded) -> Message {
+pub(crate) fn encoded(encoded: Encoded) -> Message {
     match encoded {
         Encoded::Text(text) => Message::Text(text.into()),
         Encoded::Binary(bytes) => Message::Binary(bytes.into()),
@@ -754,12 +773,13 @@ struct ProcessCost {
     rss_bytes_end: u64,
 }
 
+/// The machine a run had, and how busy it was.
 #[derive(Serialize)]
-struct Machine {
-    nproc: usize,
-    cpu_model: String,
-    loadavg_start: Option<[f64; 3]>,
-    loadavg_end: Option<[f64; 3]>,
+pub(crate) struct Machine {
+    pub(crate) nproc: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) loadavg_start: Option<[f64; 3]>,
+    pub(crate) loadavg_end: Option<[f64; 3]>,
 }
 
 impl Measured<'_> {

@@ -1,13 +1,14 @@
 //! `sb-load`: drives real Switchboard nodes over loopback and reports what
 //! they cost. Every run is bounded in connections and time. The load comes
-//! from flags for an ad-hoc run (`idle`, `chat`, `saturate`) or from a
-//! scenario file (`run`); the targets always come from flags.
+//! from flags for an ad-hoc run (`idle`, `chat`, `saturate`, `soak`) or from
+//! a scenario file (`run`); the targets always come from flags.
 
 mod chat;
 mod idle;
 mod proc;
 mod saturate;
 mod scenario;
+mod soak;
 mod targets;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,19 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Steady chat traffic plus connection churn for a bounded time (at most 60 minutes),
+    /// sampling the nodes' memory and open files: fails when they do not come back to the
+    /// baseline taken after warm-up, when latency drifts up, or when a message is lost.
+    Soak {
+        #[command(flatten)]
+        targets: Targets,
+        #[command(flatten)]
+        metrics: soak::NodeMetrics,
+        #[command(flatten)]
+        load: soak::Load,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Run a scenario file (loadtest/scenarios/*.toml) against the nodes given by flags.
     Run {
         /// The scenario file.
@@ -93,6 +107,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Chat { targets, load, output } => execute(&Plan::Chat(load), &targets, &output).await,
         Command::Saturate { targets, load, search, output } => {
             execute(&Plan::Saturate(load, search), &targets, &output).await
+        }
+        Command::Soak { targets, metrics, load, output } => {
+            let report = soak::run(&targets, &metrics, &load, output.label.as_deref()).await?;
+            report.print();
+            write_json(output.json.as_deref(), &report)?;
+            report.ensure_passed()
         }
         Command::Run { file, targets, output } => {
             let scenario = Scenario::read(&file)?;

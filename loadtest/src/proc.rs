@@ -13,6 +13,13 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Files `pid` holds open (sockets included): the entries of /proc/PID/fd.
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    let entries =
+        std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("open files of process {pid}"))?;
+    Ok(entries.count() as u64)
+}
+
 /// Clock ticks per second of `utime`/`stime` in /proc (`USER_HZ`), 100 on Linux.
 const USER_HZ: f64 = 100.0;
 
@@ -80,10 +87,24 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_bytes(pid).unwrap_or(0) > 0);
         assert!(cpu_seconds(pid).is_ok());
+        assert!(open_fds(u32::MAX).is_err());
         assert!(open_files_limit().unwrap_or(1) > 0);
         assert!(ensure_open_files(1).is_ok());
         assert!(ensure_open_files(usize::MAX / 2).is_err() || open_files_limit().is_none());
         assert!(machine().0 > 0);
         assert!(load_average().is_some());
+    }
+
+    #[test]
+    fn counts_open_files() {
+        // Other tests of this binary open and close files meanwhile: 100
+        // more files must show as about 100 more.
+        let pid = std::process::id();
+        let before = open_fds(pid).expect("own open files");
+        let files: Vec<std::fs::File> =
+            (0..100).map(|_| std::fs::File::open("/proc/self/status").expect("own status")).collect();
+        let during = open_fds(pid).expect("own open files");
+        assert!((before + 90..=before + 110).contains(&during), "{before} open, then {during} with 100 more");
+        drop(files);
     }
 }
