@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// Accept ?user=ID without a token. For development only.
     #[arg(long, env = "SWITCHBOARD_DEV_INSECURE_AUTH")]
     pub dev_insecure_auth: bool,
+    /// Serve the demo chat page at /demo/. For development only.
+    #[arg(long, env = "SWITCHBOARD_DEMO")]
+    pub demo: bool,
     /// durable: in the inbox before `accepted`; fast: stored only when undeliverable.
     #[arg(long, env = "SWITCHBOARD_DELIVERY", value_enum, default_value_t = Delivery::Durable)]
     pub delivery: Delivery,
@@ -137,6 +140,7 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     pub api_key: Option<String>,
     pub dev_insecure_auth: bool,
+    pub demo: bool,
     pub mode: Mode,
     pub heartbeat: Duration,
     pub max_frame_bytes: usize,
@@ -237,6 +241,7 @@ impl ServeArgs {
             jwt_audience: self.jwt_audience,
             api_key: self.api_key,
             dev_insecure_auth: self.dev_insecure_auth,
+            demo: self.demo,
             mode: match self.delivery {
                 Delivery::Durable => Mode::Durable,
                 Delivery::Fast => Mode::Fast,

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::api;
 use crate::connection::{self, Session};
+use crate::demo;
 use crate::node::Node;
 
 /// Request line and headers larger than this get 431.
@@ -90,6 +91,9 @@ async fn route(node: &Arc<Node>, peer: IpAddr, req: Request<Incoming>) -> Respon
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if node.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        path if node.config.demo && (path == "/demo" || path.starts_with("/demo/")) => {
+            demo::respond(path).unwrap_or_else(|| json_error(StatusCode::NOT_FOUND, "not_found", "no such path"))
+        }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
     }
 }

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod config;
 mod connection;
+mod demo;
 mod http;
 mod hub;
 mod limits;

@@ -324,3 +324,14 @@ async fn a_rolling_restart_loses_nothing_accepted() {
         frames - distinct as u64
     );
 }
+
+#[tokio::test]
+async fn the_demo_page_is_served_only_with_demo() {
+    let off = NodeProcess::start(&[]).await;
+    assert_eq!(get(off.public, "/demo/", &[]).await.status, 404);
+    let on = NodeProcess::start(&["--demo"]).await;
+    let page = get(on.public, "/demo/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<html"), "{}", page.body);
+    assert_eq!(get(on.public, "/demo/nothing-here", &[]).await.status, 404);
+}
