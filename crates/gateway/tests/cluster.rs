@@ -163,6 +163,32 @@ async fn a_node_presumed_dead_comes_back_whole() {
     assert_eq!(bob.recv_message().await.msg, msg);
 }
 
+/// A node that comes back is reached at once, also by a node that still
+/// takes it for dead until its own next heartbeat: what that node stores
+/// meanwhile is published to it anyway, not left in the inbox.
+#[tokio::test]
+async fn a_node_back_from_the_dead_gets_what_is_sent_before_others_notice() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis.url(), 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    nodes[1].pause().await;
+    until_online(&mut alice, "bob", false).await;
+    let (meanwhile, _) = alice.send_message("m-0", "bob", json!(0)).await;
+    nodes[1].resume().await;
+    // node-1 has registered again and repaired; node-0 may not know yet.
+    assert_eq!(bob.recv_message().await.msg, meanwhile);
+    let mut sent = HashSet::new();
+    for i in 1..=5 {
+        sent.insert(alice.send_message(&format!("m-{i}"), "bob", json!(i)).await.0);
+    }
+    let mut got = HashSet::new();
+    while got.len() < 5 {
+        got.insert(bob.recv_message().await.msg);
+    }
+    assert_eq!(got, sent);
+}
+
 /// A crashed node restarted under the same id at once, before any sweep,
 /// drops the presence entries of its earlier life.
 #[tokio::test]

@@ -364,12 +364,23 @@ impl Inner {
     }
 
     /// Hands `push` to the local connections of `user` and queues it for
-    /// every other live node in `nodes`; how many places it went to.
+    /// every other live node in `nodes`; how many places it went to. A node
+    /// taken for dead is tried too when what it would get is safe in the
+    /// inbox already (or is a receipt): it may be back before this node's
+    /// next heartbeat says so, after its own repair read the inbox. A
+    /// publish that finds nobody leaves the message where it is.
     fn route(self: &Arc<Self>, user: &UserId, push: &Push, nodes: &HashSet<&str>) -> usize {
         let mut reached = self.local.push(user, push);
-        for node in nodes.iter().filter(|node| **node != self.me() && self.is_alive(node)) {
-            self.enqueue(node, routed_form(user, push));
-            reached += 1;
+        let stored = match push {
+            Push::Message(letter) => letter.stored_as.is_some(),
+            Push::Receipt(_) => true,
+        };
+        for node in nodes.iter().filter(|node| **node != self.me()) {
+            let alive = self.is_alive(node);
+            if alive || stored {
+                self.enqueue(node, routed_form(user, push));
+            }
+            reached += usize::from(alive);
         }
         reached
     }
@@ -464,37 +475,32 @@ impl Inner {
         }
     }
 
-    /// Messages that could not be handed to their node. In durable mode
-    /// they are in the inbox already; in fast mode they are stored now, a
-    /// few at a time, until the backend stops: a node shutting down with
-    /// Redis gone does not wait out a timeout per message.
+    /// Messages that could not be handed to their node. Those in the inbox
+    /// already (every one in durable mode) stay there; the others are
+    /// stored now, in order, until the backend stops: a node shutting down
+    /// with Redis gone does not wait out a timeout per message.
     async fn undeliverable(&self, items: Vec<Routed>) {
-        if self.settings.mode == Mode::Durable {
-            return;
-        }
-        let letters: Vec<Letter> = items
-            .into_iter()
-            .filter_map(|item| match item {
-                Routed::Deliver { delivery, reply_to, received_us, .. } => {
-                    Some(Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as: None })
+        let mut letters = items.into_iter().filter_map(|item| match item {
+            Routed::Deliver { delivery, reply_to, received_us, stored_as: None } => {
+                Some(Letter { delivery: Arc::new(delivery), reply_to, received_us, stored_as: None })
+            }
+            Routed::Deliver { stored_as: Some(_), .. } | Routed::Receipt { .. } | Routed::Probe => None,
+        });
+        while let Some(letter) = letters.next() {
+            let stored = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    self.counters.backend_errors.inc();
+                    let count = 1 + letters.count();
+                    tracing::warn!(count, "shutting down: fast-mode messages for a gone node not stored");
+                    return;
                 }
-                Routed::Receipt { .. } | Routed::Probe => None,
-            })
-            .collect();
-        let count = letters.len();
-        let store_all = futures_util::stream::iter(letters).for_each_concurrent(FAN_OUT, |letter| async move {
-            if let Err(error) = self.store(&letter, true, None).await {
+                stored = self.store(&letter, true, None) => stored,
+            };
+            if let Err(error) = stored {
                 self.counters.backend_errors.inc();
                 tracing::warn!(%error, msg = %letter.delivery.msg, "fast-mode message lost: cannot store it");
             }
-        });
-        tokio::select! {
-            biased;
-            () = self.stop.cancelled() => {
-                self.counters.backend_errors.inc();
-                tracing::warn!(count, "shutting down: fast-mode messages for a gone node not stored");
-            }
-            () = store_all => {}
         }
     }
 
