@@ -11,12 +11,14 @@ mod client;
 mod http;
 mod metrics;
 mod node;
+mod proxy;
 mod redis;
 
 pub use client::{Client, Connect, ConnectError, silent_client};
 pub use http::{HttpResponse, get, post_json};
 pub use metrics::{Scrape, scrape};
 pub use node::{NodeProcess, switchboard_bin};
+pub use proxy::ChaosProxy;
 pub use redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE};
 
 use std::time::Duration;
