@@ -93,6 +93,9 @@ async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>>
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`id` {error}")),
     };
     let body = request.body.map_or_else(Body::null, Body::from_raw);
+    if let Err(error) = body.check() {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("field `body`: {error}"));
+    }
     let outgoing = Outgoing { from, id, receipt: false, to, body, received_us: unix_micros() };
     match node.send(outgoing).await {
         Ok(accepted) => {

@@ -16,6 +16,23 @@ use crate::ids::{ClientMsgId, MsgId, UserId};
 /// At most this many users in one presence query.
 pub const MAX_PRESENCE_QUERY: usize = 100;
 
+/// How deeply MessagePack may nest, in containers: the deepest body
+/// ([`Body::MAX_DEPTH`]) inside the deepest wrapper around a body (an
+/// envelope: 5 levels), plus one for rmp-serde's count.
+///
+/// rmp-serde's own limit, 1024, lets a frame of a few KiB build a value whose
+/// recursive decoding, re-encoding and dropping overflows the 2 MiB stack of
+/// a tokio worker in a debug build, before the body check could refuse it.
+const MSGPACK_MAX_DEPTH: usize = Body::MAX_DEPTH + 6;
+
+/// Decodes MessagePack no deeper than [`MSGPACK_MAX_DEPTH`]; every
+/// MessagePack decoder in this crate goes through here.
+pub(crate) fn from_msgpack<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+    decoder.set_max_depth(MSGPACK_MAX_DEPTH);
+    T::deserialize(&mut decoder)
+}
+
 /// The encoding a connection negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
@@ -74,7 +91,7 @@ impl Codec {
                 wire.validate(Body::from_raw)
             }
             Self::MsgPack => {
-                let wire: WireFrame<'_, serde_json::Value> = rmp_serde::from_slice(bytes)
+                let wire: WireFrame<'_, serde_json::Value> = from_msgpack(bytes)
                     .map_err(|e| DecodeError::bad_frame(None, format!("invalid MessagePack frame: {e}")))?;
                 wire.validate(|v| Body::from_value(&v))
             }
@@ -82,8 +99,8 @@ impl Codec {
     }
 
     pub fn encode(self, frame: &ServerFrame) -> Encoded {
-        // Server frames hold only strings, numbers, maps and valid JSON
-        // bodies, which both serializers always accept.
+        // Server frames hold only strings, numbers, maps and bodies that
+        // passed `Body::check`, which both serializers always accept.
         match self {
             Self::Json => Encoded::Text(serde_json::to_string(frame).unwrap_or_default()),
             Self::MsgPack => Encoded::Binary(rmp_serde::to_vec_named(frame).unwrap_or_default()),
@@ -94,7 +111,7 @@ impl Codec {
     pub fn decode_server(self, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
         match self {
             Self::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::bad_frame(None, e.to_string())),
-            Self::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| DecodeError::bad_frame(None, e.to_string())),
+            Self::MsgPack => from_msgpack(bytes).map_err(|e| DecodeError::bad_frame(None, e.to_string())),
         }
     }
 
@@ -150,6 +167,7 @@ impl<B> WireFrame<'_, B> {
                     message: format!("recipient {e}"),
                 })?;
                 let body = self.body.map_or_else(Body::null, body);
+                body.check().map_err(|e| DecodeError::bad_frame(Some(id.clone()), format!("field `body`: {e}")))?;
                 Ok(ClientFrame::Send { id, to, body })
             }
             "ack" => {

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::codec::from_msgpack;
 use crate::frame::{Delivery, Receipt};
 use crate::ids::{ClientMsgId, UserId};
 
@@ -57,7 +58,7 @@ impl Routed {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        Ok(rmp_serde::from_slice(bytes)?)
+        Ok(from_msgpack(bytes)?)
     }
 }
 
@@ -67,6 +68,6 @@ impl Envelope {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        Ok(rmp_serde::from_slice(bytes)?)
+        Ok(from_msgpack(bytes)?)
     }
 }

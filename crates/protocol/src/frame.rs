@@ -1,8 +1,10 @@
 //! Client and server frames (contract section 3).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -14,21 +16,45 @@ use crate::ids::{ClientMsgId, MsgId, UserId};
 /// The text is passed through untouched between JSON clients; a MessagePack
 /// client gets it transcoded on the way out, so a body is parsed at most once
 /// per recipient format.
+///
+/// Valid JSON syntax is not enough for a body: transcoding reads the value,
+/// and reading fails on a number past the range of an `f64` (`1e400`) and on
+/// nesting past serde_json's recursion limit, where checking the syntax does
+/// not. [`Body::check`] tells such a body apart; the decoders refuse one, so
+/// every body they return reaches recipients of either encoding.
 #[derive(Clone, Debug)]
 pub struct Body(Box<RawValue>);
 
 impl Body {
+    /// How many levels of arrays and objects a body may nest: one less than
+    /// serde_json reads by default (127 levels, all told), so that a server
+    /// frame, one level around the body, is still read by clients that use
+    /// serde_json, this crate's `Codec::decode_server` among them.
+    pub const MAX_DEPTH: usize = 126;
+
     pub fn null() -> Self {
         Self(RawValue::NULL.to_owned())
     }
 
+    /// Takes JSON text as it is, unchecked: see [`Body::check`].
     pub fn from_raw(raw: Box<RawValue>) -> Self {
         Self(raw)
     }
 
-    /// Parses JSON text; fails when it is not exactly one JSON value.
+    /// Parses JSON text; fails when it is not exactly one JSON value or
+    /// fails [`Body::check`].
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(text.to_owned()).map(Self)
+        let body = RawValue::from_string(text.to_owned()).map(Self)?;
+        body.check()?;
+        Ok(body)
+    }
+
+    /// Whether every encoding can carry this body: reads the value once,
+    /// keeping nothing, as transcoding it will.
+    pub fn check(&self) -> Result<(), serde_json::Error> {
+        let mut reader = serde_json::Deserializer::from_str(self.json());
+        ReadValue { depth_left: Self::MAX_DEPTH }.deserialize(&mut reader)?;
+        reader.end()
     }
 
     pub fn from_value(value: &serde_json::Value) -> Self {
@@ -66,7 +92,80 @@ impl Serialize for Body {
 
 impl<'de> Deserialize<'de> for Body {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde_json::Value::deserialize(d).map(|v| Self::from_value(&v))
+        let body = Self::from_value(&serde_json::Value::deserialize(d)?);
+        body.check().map_err(serde::de::Error::custom)?;
+        Ok(body)
+    }
+}
+
+/// Reads a JSON value through and drops it: reading, unlike skipping,
+/// parses each number and counts the nesting.
+#[derive(Clone, Copy)]
+struct ReadValue {
+    /// How many more levels of arrays and objects may open.
+    depth_left: usize,
+}
+
+impl ReadValue {
+    fn inner<E: de::Error>(self) -> Result<Self, E> {
+        match self.depth_left.checked_sub(1) {
+            Some(depth_left) => Ok(Self { depth_left }),
+            None => Err(E::custom(format_args!("nested deeper than {} levels", Body::MAX_DEPTH))),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ReadValue {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReadValue {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        let item = self.inner()?;
+        while items.next_element_seed(item)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
+        let value = self.inner()?;
+        while entries.next_key::<IgnoredAny>()?.is_some() {
+            entries.next_value_seed(value)?;
+        }
+        Ok(())
     }
 }
 
