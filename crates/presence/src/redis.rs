@@ -28,7 +28,7 @@ use fred::types::scripts::Script;
 use fred::types::{Expiration, Message, SetOptions, Value};
 use futures_util::StreamExt;
 use switchboard_protocol::{AcceptStatus, Delivery, Envelope, MsgId, Routed, UserId};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -68,7 +68,7 @@ struct Inner {
     /// again after Redis lost its state, is reachable at once.
     dead: RwLock<HashSet<String>>,
     /// Publisher queue per destination node.
-    routes: DashMap<String, mpsc::UnboundedSender<Routed>>,
+    routes: DashMap<String, mpsc::UnboundedSender<Queued>>,
     /// Last sequence number heard per sending node, and the stream it is in.
     heard: Mutex<HashMap<String, (Uuid, u64)>>,
     last_beat_ms: AtomicU64,
@@ -88,6 +88,13 @@ struct Inner {
     stop: CancellationToken,
     tasks: TaskTracker,
     publishers: TaskTracker,
+}
+
+/// What a publisher's queue holds.
+enum Queued {
+    Item(Routed),
+    /// Answered once everything queued before it has been handled.
+    CaughtUp(oneshot::Sender<()>),
 }
 
 impl RedisBackend {
@@ -323,6 +330,10 @@ impl Inner {
         let nodes: HashSet<&str> = conns.iter().map(|(_, node)| node.as_str()).collect();
         let status = reached(self.route(&to, &Push::Message(Arc::new(letter.clone())), &nodes));
         if status == AcceptStatus::Stored && !durable {
+            // What was queued earlier for a node now taken for dead is stored
+            // by its publisher: wait for that first, so that this message
+            // does not overtake those in the inbox.
+            self.publishers_caught_up(&nodes).await;
             // The script reads presence after it stores: a recipient that
             // registered since the first lookup is found now and gets the
             // message live, or else it reads its inbox after the store.
@@ -399,7 +410,22 @@ impl Inner {
                 tx
             })
             .clone();
-        let _ = tx.send(item);
+        let _ = tx.send(Queued::Item(item));
+    }
+
+    /// Completes once the publishers of `nodes` have handled everything
+    /// queued to them so far (or after two command timeouts).
+    async fn publishers_caught_up(&self, nodes: &HashSet<&str>) {
+        let waits: Vec<_> = nodes
+            .iter()
+            .filter_map(|node| {
+                let queue = self.routes.get(*node)?;
+                let (done, caught_up) = oneshot::channel();
+                queue.send(Queued::CaughtUp(done)).ok()?;
+                Some(caught_up)
+            })
+            .collect();
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT * 2, futures_util::future::join_all(waits)).await;
     }
 
     async fn ack(self: &Arc<Self>, ack: Ack) -> Result<(), BackendError> {
@@ -428,7 +454,7 @@ impl Inner {
 impl Inner {
     /// One destination's publisher: batches what is queued, publishes, and
     /// hands back to the inbox what a gone node can no longer take.
-    async fn publish(self: Arc<Self>, node: String, mut queue: mpsc::UnboundedReceiver<Routed>) {
+    async fn publish(self: Arc<Self>, node: String, mut queue: mpsc::UnboundedReceiver<Queued>) {
         let channel = self.keys.node_channel(&node);
         // A new stream for every publisher: a receiver restarts its sequence
         // check instead of mistaking a restarted publisher for an old one.
@@ -438,39 +464,55 @@ impl Inner {
             let first = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
-                item = queue.recv() => match item {
-                    Some(item) => item,
+                queued = queue.recv() => match queued {
+                    Some(queued) => queued,
                     None => return,
                 },
             };
-            let mut items = vec![first];
-            while items.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
+            let mut items = Vec::new();
+            let mut caught_up = None;
+            let mut next = Some(first);
+            while let Some(queued) = next {
+                match queued {
+                    Queued::Item(item) => items.push(item),
+                    Queued::CaughtUp(done) => {
+                        caught_up = Some(done);
+                        break;
+                    }
                 }
+                next = if items.len() < MAX_BATCH { queue.try_recv().ok() } else { None };
             }
-            seq += 1;
-            let envelope = Envelope { node: self.me().to_owned(), stream, seq, items };
-            let bytes = match envelope.encode() {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::error!(%error, "envelope does not encode");
-                    continue;
-                }
-            };
-            match self.client.spublish::<i64, _, _>(&channel, Value::Bytes(bytes.into())).await {
-                Ok(0) if node != self.me() => {
-                    tracing::info!(node, "no subscriber on the node's channel: treating it as gone");
-                    self.dead.write().unwrap_or_else(|e| e.into_inner()).insert(node.clone());
-                    self.undeliverable(envelope.items).await;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    self.counters.backend_errors.inc();
-                    tracing::warn!(%error, node, "publish failed");
-                    self.undeliverable(envelope.items).await;
-                }
+            if !items.is_empty() {
+                seq += 1;
+                self.publish_batch(&node, &channel, Envelope { node: self.me().to_owned(), stream, seq, items }).await;
+            }
+            if let Some(done) = caught_up {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Publishes one envelope to `node`, and hands what it could not take
+    /// to `undeliverable`.
+    async fn publish_batch(&self, node: &str, channel: &str, envelope: Envelope) {
+        let bytes = match envelope.encode() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "envelope does not encode");
+                return;
+            }
+        };
+        match self.client.spublish::<i64, _, _>(channel, Value::Bytes(bytes.into())).await {
+            Ok(0) if node != self.me() => {
+                tracing::info!(node, "no subscriber on the node's channel: treating it as gone");
+                self.dead.write().unwrap_or_else(|e| e.into_inner()).insert(node.to_owned());
+                self.undeliverable(envelope.items).await;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                self.counters.backend_errors.inc();
+                tracing::warn!(%error, node, "publish failed");
+                self.undeliverable(envelope.items).await;
             }
         }
     }
