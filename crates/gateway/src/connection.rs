@@ -15,7 +15,7 @@ use switchboard_protocol::{
     ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
 };
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -271,6 +271,8 @@ where
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                 return Err(End::TooLarge);
             }
+            // A peer that went away without a close frame is gone, not wrong.
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => return Err(End::Gone),
             Some(Err(WsError::Protocol(error))) => {
                 tracing::debug!(conn = %self.session.conn, %error, "protocol error");
                 return Err(End::Protocol);
