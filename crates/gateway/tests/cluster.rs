@@ -140,25 +140,31 @@ async fn a_killed_node_loses_nothing_accepted(url: &str) {
     assert_eq!(received, accepted, "every accepted message, once each, in order");
 }
 
+/// Two nodes, alice on node-0 and bob on node-1. Bob's node is frozen past
+/// its TTL and swept while alice sends him a message, then woken: returns
+/// once bob has that message, handed over without a reconnect.
+async fn bob_back_from_the_dead(redis: &RedisServer) -> (Vec<NodeProcess>, Client, Client) {
+    let nodes = nodes(&redis.url(), 2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    nodes[1].pause().await;
+    until_online(&mut alice, "bob", false).await;
+    let (meanwhile, status) = alice.send_message("m-0", "bob", json!("while you slept")).await;
+    assert_eq!(status, AcceptStatus::Stored);
+    nodes[1].resume().await;
+    assert_eq!(bob.recv_message().await.msg, meanwhile);
+    (nodes, alice, bob)
+}
+
 /// A node frozen past its TTL is swept; when it wakes it registers its
 /// connections again and hands over what was stored for them meanwhile,
 /// without the clients reconnecting.
 #[tokio::test]
 async fn a_node_presumed_dead_comes_back_whole() {
     let redis = RedisServer::start().await;
-    let nodes = nodes(&redis.url(), 2, &[]).await;
-    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
-    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
-
-    nodes[1].pause().await;
-    until_online(&mut alice, "bob", false).await;
-    let (meanwhile, status) = alice.send_message("a-1", "bob", json!("while you slept")).await;
-    assert_eq!(status, AcceptStatus::Stored);
-    nodes[1].resume().await;
-
-    assert_eq!(bob.recv_message().await.msg, meanwhile);
+    let (_nodes, mut alice, mut bob) = bob_back_from_the_dead(&redis).await;
     until_online(&mut alice, "bob", true).await;
-    let (msg, status) = alice.send_message("a-2", "bob", json!("awake")).await;
+    let (msg, status) = alice.send_message("m-1", "bob", json!("awake")).await;
     assert_eq!(status, AcceptStatus::Routed);
     assert_eq!(bob.recv_message().await.msg, msg);
 }
@@ -169,15 +175,8 @@ async fn a_node_presumed_dead_comes_back_whole() {
 #[tokio::test]
 async fn a_node_back_from_the_dead_gets_what_is_sent_before_others_notice() {
     let redis = RedisServer::start().await;
-    let nodes = nodes(&redis.url(), 2, &[]).await;
-    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
-    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
-    nodes[1].pause().await;
-    until_online(&mut alice, "bob", false).await;
-    let (meanwhile, _) = alice.send_message("m-0", "bob", json!(0)).await;
-    nodes[1].resume().await;
     // node-1 has registered again and repaired; node-0 may not know yet.
-    assert_eq!(bob.recv_message().await.msg, meanwhile);
+    let (_nodes, mut alice, mut bob) = bob_back_from_the_dead(&redis).await;
     let mut sent = HashSet::new();
     for i in 1..=5 {
         sent.insert(alice.send_message(&format!("m-{i}"), "bob", json!(i)).await.0);

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
-use switchboard_testkit::{Client, NodeProcess, get, silent_client, token, within};
+use switchboard_testkit::{Client, NodeProcess, get, scrape, silent_client, token, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,9 +17,8 @@ fn rss_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-async fn metric(node: &NodeProcess, name: &str) -> u64 {
-    let body = get(node.metrics, "/metrics", &[]).await.body;
-    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap()
+async fn metric(node: &NodeProcess, name: &str) -> f64 {
+    scrape(node.metrics).await.value(name, &[])
 }
 
 #[tokio::test]
@@ -39,7 +38,7 @@ async fn a_client_that_never_reads_is_cut_and_costs_a_bounded_amount_of_memory()
     // Bob upgrades and never reads a byte, not even the 101.
     let _bob = silent_client(node.public, "bob").await;
     switchboard_testkit::eventually("bob to be online", || async {
-        metric(&node, "switchboard_connections").await == 2
+        metric(&node, "switchboard_connections").await == 2.0
     })
     .await;
     let before = rss_bytes(node.pid());
@@ -49,7 +48,7 @@ async fn a_client_that_never_reads_is_cut_and_costs_a_bounded_amount_of_memory()
         alice.send_message(&format!("m-{i}"), "bob", body.clone()).await;
     }
     switchboard_testkit::eventually("bob to be cut as a slow consumer", || async {
-        metric(&node, "switchboard_slow_consumer_disconnects_total").await == 1
+        metric(&node, "switchboard_slow_consumer_disconnects_total").await == 1.0
     })
     .await;
     let grown = rss_bytes(node.pid()).saturating_sub(before);
