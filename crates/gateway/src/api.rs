@@ -6,28 +6,15 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 use switchboard_presence::{Outgoing, unix_micros};
-use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, UserId};
+use switchboard_protocol::{AcceptStatus, ApiSend, Body, ClientMsgId, UserId};
 
 use crate::http::json_error;
 use crate::node::Node;
 
 /// Largest request body accepted, beyond the largest client frame.
 const BODY_OVERHEAD: usize = 1024;
-
-#[derive(Deserialize)]
-struct SendRequest {
-    to: String,
-    #[serde(default)]
-    from: Option<String>,
-    #[serde(default)]
-    body: Option<Box<RawValue>>,
-    #[serde(default)]
-    id: Option<String>,
-}
 
 pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(refusal) = refuse(node, &req) {
@@ -76,7 +63,7 @@ async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>>
             return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &message);
         }
     };
-    let request: SendRequest = match serde_json::from_slice(&bytes) {
+    let request: ApiSend = match serde_json::from_slice(&bytes) {
         Ok(request) => request,
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid JSON: {error}")),
     };
@@ -92,7 +79,9 @@ async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>>
         Ok(id) => id,
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`id` {error}")),
     };
-    let body = request.body.map_or_else(Body::null, Body::from_raw);
+    let Some(body) = request.body.map(Body::from_raw) else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "missing field `body`");
+    };
     if let Err(error) = body.check() {
         return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("field `body`: {error}"));
     }

@@ -21,12 +21,15 @@ fn error_of(frame: &ServerFrame) -> (Option<&str>, ErrorCode) {
 async fn malformed_frames_get_bad_frame_and_the_connection_stays() {
     let node = NodeProcess::start(&[]).await;
     let mut alice = Client::connect(&node.ws_url(), "alice").await;
-    let cases: [(Message, Option<&str>, ErrorCode); 8] = [
+    let msgpack_without_body = rmp_serde::to_vec_named(&json!({"type":"send","id":"c-5","to":"bob"})).unwrap();
+    let cases: [(Message, Option<&str>, ErrorCode); 10] = [
         (Message::text("{not json"), None, ErrorCode::BadFrame),
         (Message::text(r#"{"type":"teleport"}"#), None, ErrorCode::BadFrame),
         (Message::text(r#"{"id":"x"}"#), None, ErrorCode::BadFrame),
         (Message::text(r#"{"type":"send","id":"c-1","body":1}"#), Some("c-1"), ErrorCode::BadFrame),
         (Message::text(r#"{"type":"send","id":"","to":"bob"}"#), None, ErrorCode::BadFrame),
+        (Message::text(r#"{"type":"send","id":"c-4","to":"bob"}"#), Some("c-4"), ErrorCode::BadFrame),
+        (Message::binary(msgpack_without_body), Some("c-5"), ErrorCode::BadFrame),
         (Message::text(r#"{"type":"ack","msg":"not-a-uuid"}"#), None, ErrorCode::BadFrame),
         (Message::binary(vec![0xc1, 0xff, 0x00]), None, ErrorCode::BadFrame),
         (
@@ -43,9 +46,17 @@ async fn malformed_frames_get_bad_frame_and_the_connection_stays() {
     alice.send_raw(Message::text(json!({"type":"send","id":long_id,"to":"bob","body":1}).to_string())).await;
     assert_eq!(error_of(&alice.recv().await), (None, ErrorCode::BadFrame));
 
-    // Still open and working.
-    let (_, status) = alice.send_message("c-3", "bob", json!("fine")).await;
+    // Still open and working; `null` is a body.
+    let (null_body, status) = alice.send_message("c-6", "bob", json!(null)).await;
     assert_eq!(status, AcceptStatus::Stored);
+    let (fine, _) = alice.send_message("c-3", "bob", json!("fine")).await;
+
+    // Nothing of the refused frames was stored: bob gets exactly the two.
+    let mut bob = Client::connect(&node.ws_url(), "bob").await;
+    let (first, second) = (bob.recv_message().await, bob.recv_message().await);
+    assert_eq!((first.msg, first.body.json(), second.msg), (null_body, "null", fine));
+    bob.send(&ClientFrame::Ping).await;
+    assert_eq!(bob.recv().await, ServerFrame::Pong);
 }
 
 #[tokio::test]

@@ -114,6 +114,14 @@ async fn the_server_api_reaches_users_on_any_node() {
         (got.from.as_str(), got.msg.to_string()),
         ("billing", from_billing.json()["msg"].as_str().unwrap().to_owned())
     );
+    // `null` is a body; only a missing one is refused (below).
+    let null_body = post_json(nodes[0].public, "/v1/send", &headers, &json!({"to":"bob","body":null})).await;
+    assert_eq!(null_body.status, 202, "{}", null_body.body);
+    let got_null = bob.recv_message().await;
+    assert_eq!(
+        (got_null.msg.to_string().as_str(), got_null.body.json()),
+        (null_body.json()["msg"].as_str().unwrap(), "null")
+    );
     // No receipts for API messages: the ack produces none (nothing to check
     // on an API caller), and the node keeps working.
     bob.ack(got.msg).await;
@@ -132,6 +140,7 @@ async fn the_server_api_reaches_users_on_any_node() {
         ),
         (400, "invalid_recipient", post_json(nodes[0].public, "/v1/send", &headers, &json!({"to":"b b"})).await),
         (400, "bad_request", post_json(nodes[0].public, "/v1/send", &headers, &json!({"body":1})).await),
+        (400, "bad_request", post_json(nodes[0].public, "/v1/send", &headers, &json!({"to":"bob","id":"x"})).await),
         (
             413,
             "too_large",

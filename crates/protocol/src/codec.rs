@@ -134,8 +134,16 @@ impl Codec {
     }
 }
 
+/// Deserializes a field that is there as `Some`, even when it is `null`
+/// (serde reads a `null` option as `None`); with `#[serde(default)]`, a
+/// missing field stays `None`.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 /// Every field any client frame has, all optional; unknown fields ignored.
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "B: Deserialize<'de>"))]
 struct WireFrame<'a, B> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
@@ -143,6 +151,9 @@ struct WireFrame<'a, B> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     to: Option<Cow<'a, str>>,
+    /// `Some` whenever the field is there, `null` included: only a missing
+    /// body is refused.
+    #[serde(default, deserialize_with = "present")]
     body: Option<B>,
     #[serde(borrow)]
     msg: Option<Cow<'a, str>>,
@@ -166,7 +177,10 @@ impl<B> WireFrame<'_, B> {
                     id: Some(id.clone()),
                     message: format!("recipient {e}"),
                 })?;
-                let body = self.body.map_or_else(Body::null, body);
+                let body = self
+                    .body
+                    .map(body)
+                    .ok_or_else(|| DecodeError::bad_frame(Some(id.clone()), "missing field `body`"))?;
                 body.check().map_err(|e| DecodeError::bad_frame(Some(id.clone()), format!("field `body`: {e}")))?;
                 Ok(ClientFrame::Send { id, to, body })
             }
@@ -232,6 +246,25 @@ mod tests {
 
         let err = json("{not json").unwrap_err();
         assert_eq!((err.code, err.id), (ErrorCode::BadFrame, None));
+    }
+
+    #[test]
+    fn a_send_needs_a_body_and_null_is_one() {
+        let err = json(r#"{"type":"send","id":"c-1","to":"bob"}"#).unwrap_err();
+        assert_eq!((err.code, err.id.as_ref().map(ClientMsgId::as_str)), (ErrorCode::BadFrame, Some("c-1")));
+        assert_eq!(err.message, "missing field `body`");
+        let Ok(ClientFrame::Send { body, .. }) = json(r#"{"type":"send","id":"c-2","to":"bob","body":null}"#) else {
+            panic!()
+        };
+        assert_eq!(body.json(), "null");
+
+        let without = rmp_serde::to_vec_named(&serde_json::json!({"type":"send","id":"c-3","to":"bob"})).unwrap();
+        let err = Codec::MsgPack.decode(&without).unwrap_err();
+        assert_eq!((err.code, err.id.as_ref().map(ClientMsgId::as_str)), (ErrorCode::BadFrame, Some("c-3")));
+        let nil =
+            rmp_serde::to_vec_named(&serde_json::json!({"type":"send","id":"c-4","to":"bob","body":null})).unwrap();
+        let Ok(ClientFrame::Send { body, .. }) = Codec::MsgPack.decode(&nil) else { panic!() };
+        assert_eq!(body.json(), "null");
     }
 
     #[test]

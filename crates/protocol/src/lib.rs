@@ -5,11 +5,13 @@
 //! `Serialize`/`Deserialize` for anything that crosses a process boundary, so
 //! the wire format can be read (and fuzzed) in one place.
 
+mod api;
 mod codec;
 mod envelope;
 mod frame;
 mod ids;
 
+pub use api::ApiSend;
 pub use codec::{Codec, DecodeError, Encoded, MAX_PRESENCE_QUERY};
 pub use envelope::{Envelope, EnvelopeError, Routed};
 pub use frame::{AcceptStatus, Body, ClientFrame, Delivery, ErrorCode, Receipt, ReceiptStatus, ServerFrame, Welcome};
