@@ -260,6 +260,15 @@ impl ServeArgs {
     }
 }
 
+impl Config {
+    /// A connection from which nothing arrives for this long is closed
+    /// (2.5 heartbeats); also how long a close frame may wait for a peer
+    /// that does not read.
+    pub fn idle_after(&self) -> Duration {
+        self.heartbeat.mul_f32(2.5)
+    }
+}
+
 fn default_node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

@@ -6,11 +6,13 @@
 //! so it runs the same over a socket or an in-memory pair.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use switchboard_presence::{Ack, Connected, Letter, Outgoing, Push, unix_micros};
+use switchboard_presence::{Ack, Connected, Delivered, Letter, Outgoing, Push, unix_micros};
 use switchboard_protocol::{
     ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
 };
@@ -100,11 +102,13 @@ struct Connection<S> {
     inbox: Inbox,
     limit: RateLimit,
     last_heard: Instant,
+    /// The socket layer holds frames the peer has not taken yet.
+    backlogged: bool,
     /// Replayed from the inbox: skipped if the same message also arrives live.
     replayed: BTreeSet<MsgId>,
     /// Delivered and not yet acked: for the ack, and to skip a message the
     /// backend hands over again after a repair.
-    unacked: BTreeMap<MsgId, Arc<Letter>>,
+    unacked: BTreeMap<MsgId, Delivered>,
 }
 
 impl<S> Connection<S>
@@ -114,7 +118,17 @@ where
     fn new(node: Arc<Node>, session: Session, ws: S, inbox: Inbox) -> Self {
         let now = Instant::now();
         let limit = RateLimit::new(node.config.rate_limit, node.config.rate_limit_burst, now);
-        Self { node, session, ws, inbox, limit, last_heard: now, replayed: BTreeSet::new(), unacked: BTreeMap::new() }
+        Self {
+            node,
+            session,
+            ws,
+            inbox,
+            limit,
+            last_heard: now,
+            backlogged: false,
+            replayed: BTreeSet::new(),
+            unacked: BTreeMap::new(),
+        }
     }
 
     /// The whole life: in the hub, served, closed with a reason, cleaned up.
@@ -126,11 +140,15 @@ where
         tracing::debug!(%conn, %user, "open");
 
         let end = self.serve().await;
-        self.close(end).await;
-
+        // Out of the hub, and out of presence while the close handshake
+        // runs, which may wait long on a peer that does not read: meanwhile
+        // its messages go to its other connections or its inbox, not into a
+        // dead queue.
+        self.inbox.close();
         let (node, Session { user, conn, .. }) = (&self.node, &self.session);
         node.hub.remove(user, *conn);
-        if let Err(error) = node.backend.disconnect(user, *conn).await {
+        let (_, left) = tokio::join!(close(&mut self.ws, node, end), node.backend.disconnect(user, *conn));
+        if let Err(error) = left {
             node.metrics.redis_errors.inc();
             tracing::warn!(%conn, %user, %error, "presence entry left for the sweeper");
         }
@@ -160,24 +178,27 @@ where
             heartbeat_ms: u64::try_from(self.node.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
             epoch,
         });
-        if let Err(end) = self.feed(&welcome).await {
+        if let Err(end) = self.offer(&welcome) {
             return end;
         }
         self.node.metrics.inbox_replayed.inc_by(letters.len() as u64);
         for letter in letters.into_iter().map(Arc::new) {
+            if let Err(end) = self.drained().await {
+                return end;
+            }
             self.replayed.insert(letter.delivery.msg);
             self.remember(&letter);
-            if let Err(end) = self.feed(&ServerFrame::Message(letter.delivery.clone())).await {
+            if let Err(end) = self.offer(&ServerFrame::Message(letter.delivery.clone())) {
                 return end;
             }
             self.node.metrics.messages_out_delivered.inc();
         }
-        if let Err(end) = self.flush().await {
+        if let Err(end) = self.flush() {
             return end;
         }
 
         let heartbeat = self.node.config.heartbeat;
-        let idle_after = heartbeat.mul_f32(2.5);
+        let idle_after = self.node.config.idle_after();
         // One timer, due every quarter heartbeat or at the drain's close
         // time, checks for silence, sends the pings and ends a draining
         // connection: no timer is armed per frame.
@@ -191,8 +212,9 @@ where
         tokio::pin!(drain, abort, timer);
 
         loop {
+            // Not biased: a busy outbox must not starve the socket's reads,
+            // nor a busy client the outbox.
             let step = tokio::select! {
-                biased;
                 () = &mut abort => Err(End::Draining),
                 () = &mut drain, if close_at.is_none() => {
                     let at = Instant::now() + self.node.drain_delay();
@@ -209,20 +231,28 @@ where
                         Err(End::Draining)
                     } else if now >= self.last_heard + idle_after {
                         Err(End::Idle)
-                    } else if now >= pinged + heartbeat {
+                    } else if now >= pinged + heartbeat && !self.backlogged {
                         pinged = now;
-                        self.send(Message::Ping(Bytes::new())).await
+                        self.send(Message::Ping(Bytes::new()))
                     } else {
                         Ok(())
                     }
                 }
-                // Boxed while they run: the connection's idle state stays
-                // small instead of reserving room for their largest await.
-                next = self.inbox.recv() => match next {
-                    Ok(push) => Box::pin(self.write_pushes(push)).await,
+                next = self.inbox.recv(), if !self.backlogged => match next {
+                    Ok(push) => self.write_pushes(push),
                     Err(Overflowed) => Err(End::SlowConsumer),
                 },
-                incoming = self.ws.next() => Box::pin(self.receive(incoming)).await,
+                () = self.inbox.overflowed(), if self.backlogged => Err(End::SlowConsumer),
+                event = socket(&mut self.ws, self.backlogged) => match event {
+                    Socket::Drained(Ok(())) => {
+                        self.backlogged = false;
+                        Ok(())
+                    }
+                    Socket::Drained(Err(_)) => Err(End::Gone),
+                    // Boxed while it runs: the connection's idle state stays
+                    // small instead of reserving room for its largest await.
+                    Socket::Read(incoming) => Box::pin(self.receive(incoming)).await,
+                },
             };
             if let Err(end) = step {
                 return end;
@@ -230,8 +260,9 @@ where
         }
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_pushes(&mut self, first: Push) -> Result<(), End> {
+    /// Writes `first` and whatever else is already queued, while the socket
+    /// takes it, then flushes once.
+    fn write_pushes(&mut self, first: Push) -> Result<(), End> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(push) = next {
@@ -242,24 +273,23 @@ where
                         // Already written, by the replay or live.
                     } else {
                         self.remember(&letter);
-                        let received_us = letter.received_us;
-                        self.feed(&ServerFrame::Message(letter.delivery.clone())).await?;
+                        self.offer(&ServerFrame::Message(letter.delivery.clone()))?;
                         self.node.metrics.messages_out_delivered.inc();
-                        let routed = unix_micros().saturating_sub(received_us);
+                        let routed = unix_micros().saturating_sub(letter.received_us);
                         self.node.metrics.route_seconds.observe(Duration::from_micros(routed).as_secs_f64());
                     }
                 }
-                Push::Receipt(receipt) => self.feed(&ServerFrame::Receipt(receipt)).await?,
+                Push::Receipt(receipt) => self.offer(&ServerFrame::Receipt(receipt))?,
             }
             written += 1;
-            next = if written < WRITE_BATCH { self.inbox.try_recv() } else { None };
+            next = if written < WRITE_BATCH && !self.backlogged { self.inbox.try_recv() } else { None };
         }
-        self.flush().await
+        self.flush()
     }
 
     /// Remembers a delivered message until it is acked.
     fn remember(&mut self, letter: &Arc<Letter>) {
-        self.unacked.insert(letter.delivery.msg, letter.clone());
+        self.unacked.insert(letter.delivery.msg, Delivered::from(&**letter));
         if self.unacked.len() > UNACKED_CAP {
             self.unacked.pop_first();
         }
@@ -309,13 +339,13 @@ where
                 if id.is_some() {
                     self.node.metrics.messages_in_rejected.inc();
                 }
-                self.error(id, ErrorCode::RateLimited, "over the rate limit: slow down").await
+                self.error(id, ErrorCode::RateLimited, "over the rate limit: slow down")
             }
             (Verdict::Allow, Err(DecodeError { code, id, message })) => {
                 if id.is_some() {
                     self.node.metrics.messages_in_rejected.inc();
                 }
-                self.error(id, code, &message).await
+                self.error(id, code, &message)
             }
         }
     }
@@ -333,89 +363,171 @@ where
                 };
                 match self.node.send(outgoing).await {
                     Ok(accepted) => {
-                        self.write(&ServerFrame::Accepted { id, msg: accepted.msg, status: accepted.status }).await
+                        self.write(&ServerFrame::Accepted { id, msg: accepted.msg, status: accepted.status })
                     }
                     Err(_) => {
                         let message = "not accepted: backend unavailable; resend with the same id";
-                        self.error(Some(id), ErrorCode::Internal, message).await
+                        self.error(Some(id), ErrorCode::Internal, message)
                     }
                 }
             }
             ClientFrame::Presence { users } => match self.node.online(&users).await {
                 Ok(counts) => {
                     let online = users.into_iter().zip(counts).map(|(user, n)| (user, n > 0)).collect();
-                    self.write(&ServerFrame::Presence { online }).await
+                    self.write(&ServerFrame::Presence { online })
                 }
-                Err(_) => self.error(None, ErrorCode::Internal, "presence unavailable").await,
+                Err(_) => self.error(None, ErrorCode::Internal, "presence unavailable"),
             },
-            ClientFrame::Ping => self.write(&ServerFrame::Pong).await,
+            ClientFrame::Ping => self.write(&ServerFrame::Pong),
             ClientFrame::Ack { msg } => self.ack(msg).await,
         }
     }
 
     async fn ack(&mut self, msg: MsgId) -> Result<(), End> {
-        let letter = self.unacked.remove(&msg).map(Arc::unwrap_or_clone);
-        let ack = Ack { user: self.session.user.clone(), msg, letter };
+        let delivered = self.unacked.remove(&msg);
+        let ack = Ack { user: self.session.user.clone(), msg, delivered };
         let timer = self.node.metrics.backend_ack.start_timer();
         let acked = self.node.backend.ack(ack).await;
         timer.observe_duration();
         if let Err(error) = acked {
             self.node.metrics.redis_errors.inc();
             tracing::warn!(conn = %self.session.conn, user = %self.session.user, %error, "ack not recorded");
-            return self.error(None, ErrorCode::Internal, "ack not recorded; ack again").await;
+            return self.error(None, ErrorCode::Internal, "ack not recorded; ack again");
         }
         Ok(())
     }
 
-    async fn error(&mut self, id: Option<ClientMsgId>, code: ErrorCode, message: &str) -> Result<(), End> {
+    fn error(&mut self, id: Option<ClientMsgId>, code: ErrorCode, message: &str) -> Result<(), End> {
         self.node.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
-        self.write(&ServerFrame::Error { id, code, message: message.to_owned() }).await
+        self.write(&ServerFrame::Error { id, code, message: message.to_owned() })
     }
 
-    async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        self.feed(frame).await?;
-        self.flush().await
+    fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.offer(frame)?;
+        self.flush()
     }
 
-    async fn feed(&mut self, frame: &ServerFrame) -> Result<(), End> {
+    /// Hands `frame` to the socket layer without waiting on the peer: the
+    /// layer buffers it, or writes it when its buffer is full. When the
+    /// peer is not taking what is written, the connection is backlogged:
+    /// it writes and reads nothing more until the layer has drained.
+    fn offer(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let message = match self.session.codec.encode(frame) {
             Encoded::Text(text) => Message::text(text),
             Encoded::Binary(bytes) => Message::binary(bytes),
         };
+        self.send_now(message)
+    }
+
+    fn send_now(&mut self, message: Message) -> Result<(), End> {
+        Pin::new(&mut self.ws).start_send(message).map_err(|_| End::Gone)?;
+        // Polled without a waker: a full socket only sets the flag here,
+        // and the loop's socket arm waits for it to drain.
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(&mut self.ws).poll_ready(&mut cx).is_pending() {
+            self.backlogged = true;
+        }
+        Ok(())
+    }
+
+    /// Writes out what the socket layer buffers, as far as the socket takes it.
+    fn flush(&mut self) -> Result<(), End> {
+        if self.backlogged {
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut self.ws).poll_flush(&mut cx) {
+            Poll::Ready(Ok(())) => Ok(()),
+            Poll::Ready(Err(_)) => Err(End::Gone),
+            Poll::Pending => {
+                self.backlogged = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn send(&mut self, message: Message) -> Result<(), End> {
+        self.send_now(message)?;
+        self.flush()
+    }
+
+    /// Waits until the socket layer has drained, for a writer that must not
+    /// queue more meanwhile (the replay).
+    async fn drained(&mut self) -> Result<(), End> {
+        if !self.backlogged {
+            return Ok(());
+        }
+        let abort = self.node.abort.clone();
         tokio::select! {
-            biased;
+            () = abort.cancelled() => Err(End::Draining),
             () = self.inbox.overflowed() => Err(End::SlowConsumer),
-            sent = self.ws.feed(message) => sent.map_err(|_| End::Gone),
+            drained = socket(&mut self.ws, true) => match drained {
+                Socket::Drained(Ok(())) => {
+                    self.backlogged = false;
+                    Ok(())
+                }
+                _ => Err(End::Gone),
+            },
         }
     }
+}
 
-    async fn flush(&mut self) -> Result<(), End> {
-        tokio::select! {
-            biased;
-            () = self.inbox.overflowed() => Err(End::SlowConsumer),
-            flushed = self.ws.flush() => flushed.map_err(|_| End::Gone),
-        }
+/// Says why the connection ends, then reads until the client answers
+/// the close, so that frames it still had in flight do not turn the
+/// close into a reset that could swallow the close frame.
+///
+/// The close frame goes out after whatever the socket layer holds
+/// already (nothing more from the outbox, which is closed by now). A peer
+/// that does not read (a slow consumer, most of all) is given as long as
+/// the idle timeout gives a silent one, or until the drain deadline, to
+/// take it: a client that hears 1013 backs off, where a reset would make
+/// it reconnect at once.
+async fn close<S>(ws: &mut S, node: &Node, end: End)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    node.metrics.disconnects.with_label_values(&[end.label()]).inc();
+    if end == End::SlowConsumer {
+        node.metrics.slow_consumer_disconnects.inc();
     }
+    let Some(frame) = end.close_frame() else {
+        return;
+    };
+    // Tried first, so that past the drain deadline it still gets one try
+    // that waits for nothing.
+    let abort = node.abort.clone();
+    let sent = tokio::select! {
+        biased;
+        sent = timeout(node.config.idle_after(), ws.send(Message::Close(Some(frame)))) => {
+            matches!(sent, Ok(Ok(())))
+        }
+        () = abort.cancelled() => false,
+    };
+    if sent {
+        let _ = timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    }
+}
 
-    async fn send(&mut self, message: Message) -> Result<(), End> {
-        self.ws.feed(message).await.map_err(|_| End::Gone)?;
-        self.flush().await
-    }
+/// What the socket has for a connection.
+enum Socket {
+    /// A frame, the end of the stream, or a failure.
+    Read(Option<Result<Message, WsError>>),
+    /// The backlog was written out, or writing failed.
+    Drained(Result<(), WsError>),
+}
 
-    /// Says why the connection ends, then reads until the client answers
-    /// the close, so that frames it still had in flight do not turn the
-    /// close into a reset that could swallow the close frame.
-    async fn close(&mut self, end: End) {
-        self.node.metrics.disconnects.with_label_values(&[end.label()]).inc();
-        if end == End::SlowConsumer {
-            self.node.metrics.slow_consumer_disconnects.inc();
+/// The next thing the socket has: while backlogged, the backlog written out
+/// (a connection whose peer does not take what it is sent reads nothing
+/// more from it meanwhile); otherwise the next frame.
+fn socket<S>(ws: &mut S, backlogged: bool) -> impl Future<Output = Socket> + '_
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        if backlogged {
+            Pin::new(&mut *ws).poll_flush(cx).map(Socket::Drained)
+        } else {
+            Pin::new(&mut *ws).poll_next(cx).map(Socket::Read)
         }
-        let Some(frame) = end.close_frame() else {
-            return;
-        };
-        if !matches!(timeout(Duration::from_secs(1), self.ws.send(Message::Close(Some(frame)))).await, Ok(Ok(()))) {
-            return;
-        }
-        let _ = timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
-    }
+    })
 }

@@ -37,6 +37,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// and an idle connection should cost little; larger frames still arrive
 /// whole, in several reads.
 const READ_BUFFER_BYTES: usize = 512;
+/// Frames of one connection are gathered up to this size and written in one
+/// syscall (a connection flushes after each batch of frames it writes).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 type Body = Full<Bytes>;
 
@@ -166,8 +169,8 @@ async fn websocket(on_upgrade: OnUpgrade, max_frame: usize) -> Option<WebSocketS
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_frame * 4)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size((max_frame * 4).max(WRITE_BUFFER_BYTES + max_frame))
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
     let (stream, read) = (parts.io.into_inner(), parts.read_buf.to_vec());

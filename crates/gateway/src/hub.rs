@@ -109,6 +109,14 @@ impl Inbox {
         }
     }
 
+    /// Takes no more pushes and drops those waiting: the connection is
+    /// ending and will write none of them.
+    pub fn close(&self) {
+        self.queue.closed.store(true, Ordering::Relaxed);
+        let dropped = std::mem::take(&mut *self.queue.pushes.lock().unwrap_or_else(|e| e.into_inner()));
+        self.queue.bytes.fetch_sub(dropped.iter().map(cost).sum(), Ordering::Relaxed);
+    }
+
     fn check(&self) -> Result<(), Overflowed> {
         if self.queue.overflowed.load(Ordering::Acquire) { Err(Overflowed) } else { Ok(()) }
     }

@@ -133,9 +133,28 @@ pub struct Connected {
 pub struct Ack {
     pub user: UserId,
     pub msg: MsgId,
-    /// The acked message as this connection received it, when it knows it:
-    /// whom to send the receipt, and where the message is stored.
-    pub letter: Option<Letter>,
+    /// What this connection remembers of the acked message, when it does.
+    pub delivered: Option<Delivered>,
+}
+
+/// What a connection remembers of a message it wrote, until it is acked:
+/// whom to send the receipt, and where the message is stored; never the
+/// body, so that a client that does not ack costs little.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub from: UserId,
+    pub reply_to: Option<ClientMsgId>,
+    pub stored_as: Option<Arc<str>>,
+}
+
+impl From<&Letter> for Delivered {
+    fn from(letter: &Letter) -> Self {
+        Self {
+            from: letter.delivery.from.clone(),
+            reply_to: letter.reply_to.clone(),
+            stored_as: letter.stored_as.clone(),
+        }
+    }
 }
 
 /// The backend of one node.

@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::{
-    Accepted, Ack, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings, reached, receipt_for,
+    Accepted, Ack, Counters, DEDUPE_WINDOW, Delivered, Letter, Local, Mode, Outgoing, Push, Settings, reached,
+    receipt_for,
 };
 
 /// How often expired inbox entries and dedupe records are dropped.
@@ -163,16 +164,16 @@ impl State {
     fn ack(&self, ack: Ack) {
         let removed = self.inboxes.get_mut(&ack.user).and_then(|mut inbox| {
             let at = inbox.iter().position(|kept| kept.letter.delivery.msg == ack.msg)?;
-            inbox.remove(at).map(|kept| kept.letter)
+            inbox.remove(at).map(|kept| Delivered::from(&kept.letter))
         });
         // In durable mode only the first ack (of several devices) removes
         // the message, and only that one sends a receipt.
-        let letter = match self.settings.mode {
+        let delivered = match self.settings.mode {
             Mode::Durable => removed,
-            Mode::Fast => removed.or(ack.letter),
+            Mode::Fast => removed.or(ack.delivered),
         };
-        if let Some(Letter { delivery, reply_to: Some(reply_to), .. }) = letter {
-            self.local.push(&delivery.from, &receipt_for(ack.msg, reply_to));
+        if let Some(Delivered { from, reply_to: Some(reply_to), .. }) = delivered {
+            self.local.push(&from, &receipt_for(ack.msg, reply_to));
         }
     }
 

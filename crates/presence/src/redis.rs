@@ -35,8 +35,8 @@ use uuid::Uuid;
 
 use crate::keys::Keys;
 use crate::{
-    Accepted, Ack, BackendError, Connected, Counters, DEDUPE_WINDOW, Letter, Local, Mode, Outgoing, Push, Settings,
-    reached, receipt_for,
+    Accepted, Ack, BackendError, Connected, Counters, DEDUPE_WINDOW, Delivered, Letter, Local, Mode, Outgoing, Push,
+    Settings, reached, receipt_for,
 };
 
 /// A command that has not completed in this time fails; the client gets an
@@ -430,19 +430,19 @@ impl Inner {
 
     async fn ack(self: &Arc<Self>, ack: Ack) -> Result<(), BackendError> {
         let inbox = self.keys.inbox(&ack.user);
-        let letter = match ack.letter {
-            Some(letter) if letter.stored_as.is_some() || self.settings.mode == Mode::Fast => Some(letter),
-            _ => self.inbox(&ack.user).await?.into_iter().find(|l| l.delivery.msg == ack.msg),
+        let delivered = match ack.delivered {
+            Some(delivered) if delivered.stored_as.is_some() || self.settings.mode == Mode::Fast => Some(delivered),
+            _ => self.inbox(&ack.user).await?.iter().find(|l| l.delivery.msg == ack.msg).map(Delivered::from),
         };
-        let Some(letter) = letter else { return Ok(()) };
-        let removed: i64 = match &letter.stored_as {
+        let Some(delivered) = delivered else { return Ok(()) };
+        let removed: i64 = match &delivered.stored_as {
             Some(entry) => self.client.xdel(&inbox, entry.as_ref()).await?,
             None => 0,
         };
         let due = removed > 0 || self.settings.mode == Mode::Fast;
 
-        if let (true, Some(reply_to)) = (due, letter.reply_to.clone()) {
-            let sender = &letter.delivery.from;
+        if let (true, Some(reply_to)) = (due, delivered.reply_to.clone()) {
+            let sender = &delivered.from;
             let nodes: Vec<String> = self.client.hvals(self.keys.user_conns(sender)).await?;
             let nodes: HashSet<&str> = nodes.iter().map(String::as_str).collect();
             self.route(sender, &receipt_for(ack.msg, reply_to), &nodes);

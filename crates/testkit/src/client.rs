@@ -25,6 +25,9 @@ pub struct Connect {
     pub protocols: Vec<String>,
     /// Any other request headers.
     pub headers: Vec<(String, String)>,
+    /// The socket's receive buffer (`SO_RCVBUF`), for a client whose
+    /// reading falls behind; the system default when unset.
+    pub recv_buffer: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -76,20 +79,24 @@ impl Client {
             headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-        let (ws, response) =
-            within("the upgrade", tokio_tungstenite::connect_async_with_config(request, Some(config), true))
-                .await
-                .map_err(|e| match e {
-                    WsError::Http(response) => ConnectError::Http {
-                        status: response.status().as_u16(),
-                        body: response
-                            .body()
-                            .as_ref()
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                            .unwrap_or_default(),
-                    },
-                    other => ConnectError::Other(other.to_string()),
-                })?;
+        let upgrade = async {
+            let Some(size) = connect.recv_buffer else {
+                return tokio_tungstenite::connect_async_with_config(request, Some(config), true).await;
+            };
+            let uri = request.uri();
+            let addr = format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(80));
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_recv_buffer_size(size)?;
+            let stream = socket.connect(addr.parse().map_err(|_| std::io::Error::other(addr))?).await?;
+            tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await
+        };
+        let (ws, response) = within("the upgrade", upgrade).await.map_err(|e| match e {
+            WsError::Http(response) => ConnectError::Http {
+                status: response.status().as_u16(),
+                body: response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
+            },
+            other => ConnectError::Other(other.to_string()),
+        })?;
         let codec = response
             .headers()
             .get("sec-websocket-protocol")
