@@ -24,7 +24,9 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Encoded, MsgId, ServerFrame, UserId};
+use switchboard_protocol::{
+    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Encoded, MsgId, ServerFrame, To, UserId,
+};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -567,8 +569,9 @@ fn send_frame(shared: &Shared, out: &Outgoing) -> Option<Message> {
     let body = format!(r#"{{"t":{},"p":"{}"}}"#, out.t_us, shared.padding);
     let frame = ClientFrame::Send {
         id: ClientMsgId::parse(&format!("{}{}", shared.run, out.seq)).ok()?,
-        to: shared.user_ids[out.to as usize].clone(),
+        to: To::One(shared.user_ids[out.to as usize].clone()),
         body: Body::from_json(&body).ok()?,
+        ephemeral: false,
     };
     Some(encoded(shared.codec.encode_client(&frame)))
 }
@@ -652,7 +655,7 @@ async fn read_loop(
             ServerFrame::Accepted { id, status, .. } if shared.in_window_seq(&id) == Some(true) => {
                 match status {
                     AcceptStatus::Routed => shared.routed_window.fetch_add(1, Ordering::SeqCst),
-                    AcceptStatus::Stored => shared.stored_window.fetch_add(1, Ordering::SeqCst),
+                    AcceptStatus::Stored | AcceptStatus::Offline => shared.stored_window.fetch_add(1, Ordering::SeqCst),
                 };
                 shared.answered_window.fetch_add(1, Ordering::SeqCst);
             }

@@ -34,7 +34,7 @@ use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{Body, ClientFrame, ClientMsgId, Codec, ServerFrame, UserId};
+use switchboard_protocol::{Body, ClientFrame, ClientMsgId, Codec, ServerFrame, To, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -377,8 +377,9 @@ impl Shared {
         let body = format!(r#"{{"t":{},"s":{seq},"p":"{}"}}"#, chat::now_us(), self.padding);
         let frame = ClientFrame::Send {
             id: ClientMsgId::parse(&format!("{}{seq}", self.run))?,
-            to: self.user_ids[to].clone(),
+            to: To::One(self.user_ids[to].clone()),
             body: Body::from_json(&body)?,
+            ephemeral: false,
         };
         self.pending().insert(seq, Pending { issued: Instant::now(), accepted: false, overdue: false });
         Ok((seq, chat::encoded(self.codec.encode_client(&frame))))

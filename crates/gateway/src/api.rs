@@ -4,19 +4,22 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use switchboard_presence::{Outgoing, unix_micros};
-use switchboard_protocol::{AcceptStatus, ApiSend, Body, ClientMsgId, UserId};
+use switchboard_protocol::{ApiSend, Body, ClientMsgId, UserId};
 
-use crate::http::json_error;
 use crate::node::Node;
+use crate::respond::{HttpBody, json, json_error};
 
 /// Largest request body accepted, beyond the largest client frame.
 const BODY_OVERHEAD: usize = 1024;
+/// The server API takes lists of recipients this many times longer than
+/// clients may send.
+pub const API_RECIPIENTS_FACTOR: usize = 10;
 
-pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBody> {
     if let Some(refusal) = refuse(node, &req) {
         return refusal;
     }
@@ -33,7 +36,7 @@ pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<B
 }
 
 /// 403 when no key is configured; 401 unless the bearer key matches.
-fn refuse<B>(node: &Node, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+fn refuse<B>(node: &Node, req: &Request<B>) -> Option<Response<HttpBody>> {
     let Some(key) = &node.config.api_key else {
         return Some(json_error(StatusCode::FORBIDDEN, "forbidden", "the server API is off: no api-key configured"));
     };
@@ -54,7 +57,7 @@ fn key_matches(given: &[u8], key: &[u8]) -> bool {
     bool::from(given.ct_eq(key))
 }
 
-async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBody> {
     let limit = node.config.max_frame_bytes + BODY_OVERHEAD;
     let bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -63,14 +66,19 @@ async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>>
             return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &message);
         }
     };
-    let request: ApiSend = match serde_json::from_slice(&bytes) {
+    let mut request: ApiSend<'_> = match serde_json::from_slice(&bytes) {
         Ok(request) => request,
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid JSON: {error}")),
     };
-    let to = match UserId::parse(&request.to) {
-        Ok(to) => to,
-        Err(error) => return json_error(StatusCode::BAD_REQUEST, "invalid_recipient", &format!("`to` {error}")),
+    let to = match request.to() {
+        Some(Ok(to)) => to,
+        Some(Err(message)) => return json_error(StatusCode::BAD_REQUEST, "invalid_recipient", &message),
+        None => return json_error(StatusCode::BAD_REQUEST, "bad_request", "missing field `to`"),
     };
+    let most = node.config.max_recipients * API_RECIPIENTS_FACTOR;
+    if to.users().len() > most {
+        return json_error(StatusCode::BAD_REQUEST, "too_large", &format!("at most {most} recipients per send"));
+    }
     let from = match UserId::parse(request.from.as_deref().unwrap_or("system")) {
         Ok(from) => from,
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`from` {error}")),
@@ -79,20 +87,27 @@ async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>>
         Ok(id) => id,
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`id` {error}")),
     };
-    let Some(body) = request.body.map(Body::from_raw) else {
+    let Some(body) = request.body.take().map(Body::from_raw) else {
         return json_error(StatusCode::BAD_REQUEST, "bad_request", "missing field `body`");
     };
     if let Err(error) = body.check() {
         return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("field `body`: {error}"));
     }
-    let outgoing = Outgoing { from, id, receipt: false, to, body, received_us: unix_micros() };
+    let list = to.is_list();
+    let outgoing =
+        Outgoing { from, id, receipt: false, to, body, ephemeral: request.ephemeral, received_us: unix_micros() };
     match node.send(outgoing).await {
         Ok(accepted) => {
-            let status = match accepted.status {
-                AcceptStatus::Routed => "routed",
-                AcceptStatus::Stored => "stored",
-            };
-            json(StatusCode::ACCEPTED, &serde_json::json!({ "msg": accepted.msg, "status": status }))
+            let mut answer = serde_json::json!({ "msg": accepted.msg, "status": accepted.status.as_str() });
+            if list {
+                let recipients: serde_json::Map<String, serde_json::Value> = accepted
+                    .recipients
+                    .iter()
+                    .map(|(user, status)| (user.as_str().to_owned(), status.as_str().into()))
+                    .collect();
+                answer["recipients"] = recipients.into();
+            }
+            json(StatusCode::ACCEPTED, &answer)
         }
         Err(_) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "backend unavailable; retry with the same id")
@@ -100,7 +115,7 @@ async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<Full<Bytes>>
     }
 }
 
-async fn presence(node: &Arc<Node>, user: &str) -> Response<Full<Bytes>> {
+async fn presence(node: &Arc<Node>, user: &str) -> Response<HttpBody> {
     let user = match UserId::parse(user) {
         Ok(user) => user,
         Err(error) => return json_error(StatusCode::BAD_REQUEST, "invalid_user", &format!("user id {error}")),
@@ -115,13 +130,6 @@ async fn presence(node: &Arc<Node>, user: &str) -> Response<Full<Bytes>> {
         }
         Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "backend unavailable"),
     }
-}
-
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{IdError, UserId};
+use switchboard_protocol::{DeviceId, IdError, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -20,6 +20,8 @@ pub enum AuthError {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("invalid user id: {0}")]
     BadSubject(IdError),
+    #[error("invalid device claim: {0}")]
+    BadDevice(IdError),
     #[error("tokens are not accepted: this node has no jwt-secret")]
     NoSecret,
 }
@@ -28,6 +30,15 @@ pub enum AuthError {
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+}
+
+/// Who connects: the user, and the device when the token names one.
+#[derive(Debug)]
+pub struct Identity {
+    pub user: UserId,
+    pub device: Option<DeviceId>,
 }
 
 /// Checks client credentials; built once per node.
@@ -54,8 +65,8 @@ impl Authenticator {
         Self { key: jwt_secret.map(|s| DecodingKey::from_secret(s.as_bytes())), validation, dev_insecure }
     }
 
-    /// The user a WebSocket upgrade request speaks for.
-    pub fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, AuthError> {
+    /// Who a WebSocket upgrade request speaks for.
+    pub fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Identity, AuthError> {
         let query_value = |name: &str| {
             form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
         };
@@ -67,10 +78,14 @@ impl Authenticator {
         if let Some(token) = bearer.or_else(|| query_value("token").map(|t| t.into_owned())) {
             let key = self.key.as_ref().ok_or(AuthError::NoSecret)?;
             let claims = jsonwebtoken::decode::<Claims>(&token, key, &self.validation)?.claims;
-            return UserId::parse(&claims.sub).map_err(AuthError::BadSubject);
+            let user = UserId::parse(&claims.sub).map_err(AuthError::BadSubject)?;
+            let device = claims.device.as_deref().map(DeviceId::parse).transpose().map_err(AuthError::BadDevice)?;
+            return Ok(Identity { user, device });
         }
         match query_value("user") {
-            Some(user) if self.dev_insecure => UserId::parse(&user).map_err(AuthError::BadSubject),
+            Some(user) if self.dev_insecure => {
+                Ok(Identity { user: UserId::parse(&user).map_err(AuthError::BadSubject)?, device: None })
+            }
             _ => Err(AuthError::Missing),
         }
     }
@@ -79,7 +94,7 @@ impl Authenticator {
 /// Signs a client token for `user`, valid for `ttl`.
 pub fn issue_token(secret: &str, user: &UserId, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let claims = Claims { sub: user.as_str().to_owned(), exp: now + ttl.as_secs() };
+    let claims = Claims { sub: user.as_str().to_owned(), exp: now + ttl.as_secs(), device: None };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
 
@@ -97,9 +112,9 @@ mod tests {
     fn header_and_query_tokens() {
         let auth = Authenticator::new(Some("secret"), None, false);
         let token = issue_token("secret", &UserId::parse("alice").unwrap(), Duration::from_secs(60)).unwrap();
-        assert_eq!(auth.authenticate(&bearer(&token), None).unwrap().as_str(), "alice");
+        assert_eq!(auth.authenticate(&bearer(&token), None).unwrap().user.as_str(), "alice");
         let query = format!("token={token}");
-        assert_eq!(auth.authenticate(&HeaderMap::new(), Some(&query)).unwrap().as_str(), "alice");
+        assert_eq!(auth.authenticate(&HeaderMap::new(), Some(&query)).unwrap().user.as_str(), "alice");
     }
 
     #[test]
@@ -115,7 +130,7 @@ mod tests {
     #[test]
     fn dev_auth_still_checks_the_user_id() {
         let auth = Authenticator::new(None, None, true);
-        assert_eq!(auth.authenticate(&HeaderMap::new(), Some("user=a%40b")).unwrap().as_str(), "a@b");
+        assert_eq!(auth.authenticate(&HeaderMap::new(), Some("user=a%40b")).unwrap().user.as_str(), "a@b");
         assert!(matches!(auth.authenticate(&HeaderMap::new(), Some("user=a%20b")), Err(AuthError::BadSubject(_))));
     }
 }

@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// How long a kept message waits.
     #[arg(long, env = "SWITCHBOARD_INBOX_TTL", default_value = "7d", value_parser = duration)]
     pub inbox_ttl: Duration,
+    /// A device neither connected nor acked for this long no longer holds back its user's log.
+    #[arg(long, env = "SWITCHBOARD_DEVICE_TTL", default_value = "30d", value_parser = duration)]
+    pub device_ttl: Duration,
+    /// Most recipients of one client send; the server API takes ten times as many.
+    #[arg(long, env = "SWITCHBOARD_MAX_RECIPIENTS", default_value_t = 100)]
+    pub max_recipients: usize,
     /// Drain time on SIGTERM.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
@@ -149,6 +155,8 @@ pub struct Config {
     pub rate_limit_burst: u32,
     pub inbox_max_len: usize,
     pub inbox_ttl: Duration,
+    pub device_ttl: Duration,
+    pub max_recipients: usize,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -207,6 +215,12 @@ impl ServeArgs {
         if self.inbox_ttl < Duration::from_secs(1) {
             return bad("inbox-ttl", "must be at least 1s");
         }
+        if self.device_ttl < Duration::from_secs(1) {
+            return bad("device-ttl", "must be at least 1s");
+        }
+        if self.max_recipients == 0 {
+            return bad("max-recipients", "must be at least 1");
+        }
         if self.max_connections == 0 {
             return bad("max-connections", "must be at least 1");
         }
@@ -253,6 +267,8 @@ impl ServeArgs {
             rate_limit_burst: self.rate_limit_burst,
             inbox_max_len: self.inbox_max_len,
             inbox_ttl: self.inbox_ttl,
+            device_ttl: self.device_ttl,
+            max_recipients: self.max_recipients,
             shutdown_grace: self.shutdown_grace,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
@@ -298,6 +314,7 @@ mod tests {
         assert_eq!((config.max_frame_bytes, config.send_queue_bytes), (65536, 1 << 20));
         assert_eq!((config.rate_limit, config.rate_limit_burst), (100, 200));
         assert_eq!((config.inbox_max_len, config.inbox_ttl), (1000, Duration::from_secs(7 * 86400)));
+        assert_eq!((config.device_ttl, config.max_recipients), (Duration::from_secs(30 * 86400), 100));
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert!(!config.dev_insecure_auth);
         assert!(config.redis_url.is_none());

@@ -1,20 +1,26 @@
 //! One client connection, its whole life in one place: register, welcome,
-//! inbox replay, then one loop over the socket, the outbox, heartbeats and
-//! drain, then a close frame that says why, then cleanup.
+//! the replay of what its device has not acked, then one loop over the
+//! socket, the outbox, heartbeats and drain, then a close frame that says
+//! why, then cleanup.
+//!
+//! The connection keeps its device's cursor as far as it knows it: what it
+//! writes and what its client acks move it, and every ack hands the
+//! backend the whole cursor, so acks may be lost or merged on the way and
+//! the device's cursor still only moves forward.
 //!
 //! The handler is written over any `Stream + Sink` of WebSocket messages,
 //! so it runs the same over a socket or an in-memory pair.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use switchboard_presence::{Ack, Connected, Delivered, Letter, Outgoing, Push, unix_micros};
+use switchboard_presence::{Acked, Arrival, Connected, Connecting, Cursor, DeviceAck, Outgoing, Push, unix_micros};
 use switchboard_protocol::{
-    ClientFrame, ClientMsgId, Codec, DecodeError, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
+    ClientFrame, ClientMsgId, Codec, DecodeError, DeviceId, Encoded, ErrorCode, MsgId, ServerFrame, UserId, Welcome,
 };
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -35,8 +41,11 @@ const UNACKED_CAP: usize = 4096;
 /// Who is on the other end, settled by the upgrade.
 pub struct Session {
     pub user: UserId,
+    pub device: DeviceId,
     pub conn: Uuid,
     pub codec: Codec,
+    /// Replay after this seq instead of after the device's cursor.
+    pub since: Option<u64>,
 }
 
 /// Why a connection ended; decides the close frame.
@@ -104,11 +113,13 @@ struct Connection<S> {
     last_heard: Instant,
     /// The socket layer holds frames the peer has not taken yet.
     backlogged: bool,
-    /// Replayed from the inbox: skipped if the same message also arrives live.
-    replayed: BTreeSet<MsgId>,
-    /// Delivered and not yet acked: for the ack, and to skip a message the
-    /// backend hands over again after a repair.
-    unacked: BTreeMap<MsgId, Delivered>,
+    /// What the device has acked, as far as this connection knows.
+    cursor: Cursor,
+    /// The highest seq written here: a cumulative ack reaches no further.
+    highest: u64,
+    /// Written and not yet acked: for the ack and its receipt, and to skip
+    /// a message that arrives twice (live and by replay).
+    unacked: BTreeMap<MsgId, Acked>,
 }
 
 impl<S> Connection<S>
@@ -126,7 +137,8 @@ where
             limit,
             last_heard: now,
             backlogged: false,
-            replayed: BTreeSet::new(),
+            cursor: Cursor::default(),
+            highest: 0,
             unacked: BTreeMap::new(),
         }
     }
@@ -157,13 +169,20 @@ where
     }
 
     async fn serve(&mut self) -> End {
-        // Registered (in the hub, then in presence) before the inbox is read:
+        // Registered (in the hub, then in presence) before the log is read:
         // a message accepted meanwhile arrives live or in this replay. The
         // welcome follows, so a client that has it is reachable.
+        let session = &self.session;
+        let connecting = Connecting {
+            user: session.user.clone(),
+            device: session.device.clone(),
+            conn: session.conn,
+            since: session.since,
+        };
         let timer = self.node.metrics.backend_connect.start_timer();
-        let connected = self.node.backend.connect(&self.session.user, self.session.conn).await;
+        let connected = self.node.backend.connect(&connecting).await;
         timer.observe_duration();
-        let Connected { letters, epoch } = match connected {
+        let Connected { replay, epoch, seq, cursor } = match connected {
             Ok(connected) => connected,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
@@ -171,29 +190,21 @@ where
                 return End::Internal;
             }
         };
+        self.cursor = cursor;
         let welcome = ServerFrame::Welcome(Welcome {
             user: self.session.user.clone(),
             conn: self.session.conn,
             node: self.node.backend.node_id().to_owned(),
             heartbeat_ms: u64::try_from(self.node.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
             epoch,
+            device: self.session.device.clone(),
+            seq,
         });
         if let Err(end) = self.offer(&welcome) {
             return end;
         }
-        self.node.metrics.inbox_replayed.inc_by(letters.len() as u64);
-        for letter in letters.into_iter().map(Arc::new) {
-            if let Err(end) = self.drained().await {
-                return end;
-            }
-            self.replayed.insert(letter.delivery.msg);
-            self.remember(&letter);
-            if let Err(end) = self.offer(&ServerFrame::Message(letter.delivery.clone())) {
-                return end;
-            }
-            self.node.metrics.messages_out_delivered.inc();
-        }
-        if let Err(end) = self.flush() {
+        self.node.metrics.inbox_replayed.inc_by(replay.len() as u64);
+        if let Err(end) = self.replay(replay).await {
             return end;
         }
 
@@ -239,7 +250,11 @@ where
                     }
                 }
                 next = self.inbox.recv(), if !self.backlogged => match next {
-                    Ok(push) => self.write_pushes(push),
+                    Ok(push) => match self.write_pushes(push) {
+                        Ok(Repair::Due) => Box::pin(self.repair()).await,
+                        Ok(Repair::NotDue) => Ok(()),
+                        Err(end) => Err(end),
+                    },
                     Err(Overflowed) => Err(End::SlowConsumer),
                 },
                 () = self.inbox.overflowed(), if self.backlogged => Err(End::SlowConsumer),
@@ -261,37 +276,72 @@ where
     }
 
     /// Writes `first` and whatever else is already queued, while the socket
-    /// takes it, then flushes once.
-    fn write_pushes(&mut self, first: Push) -> Result<(), End> {
+    /// takes it, then flushes once. Whether a repair was asked for.
+    fn write_pushes(&mut self, first: Push) -> Result<Repair, End> {
+        let mut repair = Repair::NotDue;
         let mut next = Some(first);
         let mut written = 0;
         while let Some(push) = next {
             match push {
-                Push::Message(letter) => {
-                    let msg = letter.delivery.msg;
-                    if self.replayed.remove(&msg) || self.unacked.contains_key(&msg) {
-                        // Already written, by the replay or live.
-                    } else {
-                        self.remember(&letter);
-                        self.offer(&ServerFrame::Message(letter.delivery.clone()))?;
-                        self.node.metrics.messages_out_delivered.inc();
-                        let routed = unix_micros().saturating_sub(letter.received_us);
+                Push::Message(arrival) => {
+                    if self.write_arrival(&arrival)? {
+                        let routed = unix_micros().saturating_sub(arrival.letter.received_us);
                         self.node.metrics.route_seconds.observe(Duration::from_micros(routed).as_secs_f64());
                     }
                 }
                 Push::Receipt(receipt) => self.offer(&ServerFrame::Receipt(receipt))?,
+                Push::Repair => repair = Repair::Due,
             }
             written += 1;
             next = if written < WRITE_BATCH && !self.backlogged { self.inbox.try_recv() } else { None };
         }
+        self.flush()?;
+        Ok(repair)
+    }
+
+    /// Writes one message unless this connection wrote it already or its
+    /// device acked it; whether it was written.
+    fn write_arrival(&mut self, arrival: &Arrival) -> Result<bool, End> {
+        let Arrival { letter, to, seq } = arrival;
+        if seq.is_some_and(|seq| self.cursor.contains(seq)) || self.unacked.contains_key(&letter.msg) {
+            return Ok(false);
+        }
+        // Remembered until acked, when there is anything to ack: a seq to
+        // move the cursor, a sender waiting for a receipt.
+        if seq.is_some() || letter.reply.is_some() {
+            let acked = Acked { msg: letter.msg, seq: *seq, from: letter.from.clone(), reply: letter.reply.clone() };
+            self.unacked.insert(letter.msg, acked);
+            if self.unacked.len() > UNACKED_CAP {
+                self.unacked.pop_first();
+            }
+        }
+        self.highest = self.highest.max(seq.unwrap_or(0));
+        self.send_encoded(self.session.codec.encode_message(letter, to, *seq))?;
+        self.node.metrics.messages_out_delivered.inc();
+        Ok(true)
+    }
+
+    /// Writes what the device has not acked, oldest first, waiting for the
+    /// socket between messages rather than queueing them all.
+    async fn replay(&mut self, arrivals: Vec<Arrival>) -> Result<(), End> {
+        for arrival in &arrivals {
+            self.drained().await?;
+            self.write_arrival(arrival)?;
+        }
         self.flush()
     }
 
-    /// Remembers a delivered message until it is acked.
-    fn remember(&mut self, letter: &Arc<Letter>) {
-        self.unacked.insert(letter.delivery.msg, Delivered::from(&**letter));
-        if self.unacked.len() > UNACKED_CAP {
-            self.unacked.pop_first();
+    /// Envelopes for this node may have been lost: reads the user's log
+    /// past the device's cursor again and writes what this connection has
+    /// not written yet.
+    async fn repair(&mut self) -> Result<(), End> {
+        match self.node.backend.read_log(&self.session.user, self.cursor.up_to).await {
+            Ok(arrivals) => self.replay(arrivals).await,
+            Err(error) => {
+                self.node.metrics.redis_errors.inc();
+                tracing::warn!(conn = %self.session.conn, user = %self.session.user, %error, "log not read for a repair");
+                Ok(())
+            }
         }
     }
 
@@ -325,8 +375,10 @@ where
         };
         // Acks are as many as the messages this node delivered; every other
         // frame, malformed ones too, counts against the rate limit.
-        if let Ok(ClientFrame::Ack { msg }) = decoded {
-            return self.ack(msg).await;
+        match decoded {
+            Ok(ClientFrame::Ack { msg }) => return self.ack(msg),
+            Ok(ClientFrame::AckUpTo { seq }) => return self.ack_up_to(seq),
+            _ => {}
         }
         match (self.limit.check(Instant::now()), decoded) {
             (Verdict::Abuse, _) => Err(End::Abuse),
@@ -352,18 +404,31 @@ where
 
     async fn handle(&mut self, frame: ClientFrame) -> Result<(), End> {
         match frame {
-            ClientFrame::Send { id, to, body } => {
+            ClientFrame::Send { id, to, body, ephemeral } => {
+                let most = self.node.config.max_recipients;
+                if to.users().len() > most {
+                    self.node.metrics.messages_in_rejected.inc();
+                    return self.error(Some(id), ErrorCode::TooLarge, &format!("at most {most} recipients per send"));
+                }
+                let list = to.is_list();
                 let outgoing = Outgoing {
                     from: self.session.user.clone(),
                     id: Some(id.clone()),
                     receipt: true,
                     to,
                     body,
+                    ephemeral,
                     received_us: unix_micros(),
                 };
                 match self.node.send(outgoing).await {
                     Ok(accepted) => {
-                        self.write(&ServerFrame::Accepted { id, msg: accepted.msg, status: accepted.status })
+                        let recipients = list.then(|| accepted.recipients.into_iter().collect());
+                        self.write(&ServerFrame::Accepted {
+                            id,
+                            msg: accepted.msg,
+                            status: accepted.status,
+                            recipients,
+                        })
                     }
                     Err(_) => {
                         let message = "not accepted: backend unavailable; resend with the same id";
@@ -379,22 +444,46 @@ where
                 Err(_) => self.error(None, ErrorCode::Internal, "presence unavailable"),
             },
             ClientFrame::Ping => self.write(&ServerFrame::Pong),
-            ClientFrame::Ack { msg } => self.ack(msg).await,
+            ClientFrame::Ack { msg } => self.ack(msg),
+            ClientFrame::AckUpTo { seq } => self.ack_up_to(seq),
         }
     }
 
-    async fn ack(&mut self, msg: MsgId) -> Result<(), End> {
-        let delivered = self.unacked.remove(&msg);
-        let ack = Ack { user: self.session.user.clone(), msg, delivered };
-        let timer = self.node.metrics.backend_ack.start_timer();
-        let acked = self.node.backend.ack(ack).await;
-        timer.observe_duration();
-        if let Err(error) = acked {
-            self.node.metrics.redis_errors.inc();
-            tracing::warn!(conn = %self.session.conn, user = %self.session.user, %error, "ack not recorded");
-            return self.error(None, ErrorCode::Internal, "ack not recorded; ack again");
+    /// One message acked by id; an id this connection did not write (or
+    /// no longer remembers) acks nothing.
+    fn ack(&mut self, msg: MsgId) -> Result<(), End> {
+        let Some(acked) = self.unacked.remove(&msg) else { return Ok(()) };
+        if let Some(seq) = acked.seq {
+            self.cursor.ack(seq);
+        }
+        self.hand_acks(vec![acked]);
+        Ok(())
+    }
+
+    /// Every message of the log up to `seq` acked, as far as this
+    /// connection wrote them.
+    fn ack_up_to(&mut self, seq: u64) -> Result<(), End> {
+        let seq = seq.min(self.highest);
+        let before = self.cursor.clone();
+        self.cursor.ack_up_to(seq);
+        let mut acked = Vec::new();
+        self.unacked.retain(|_, message| match message.seq {
+            Some(s) if s <= seq => {
+                acked.push(message.clone());
+                false
+            }
+            _ => true,
+        });
+        if self.cursor != before || !acked.is_empty() {
+            self.hand_acks(acked);
         }
         Ok(())
+    }
+
+    fn hand_acks(&self, acked: Vec<Acked>) {
+        let Session { user, device, .. } = &self.session;
+        let ack = DeviceAck { user: user.clone(), device: device.clone(), cursor: self.cursor.clone(), acked };
+        self.node.backend.ack(ack);
     }
 
     fn error(&mut self, id: Option<ClientMsgId>, code: ErrorCode, message: &str) -> Result<(), End> {
@@ -412,7 +501,11 @@ where
     /// peer is not taking what is written, the connection is backlogged:
     /// it writes and reads nothing more until the layer has drained.
     fn offer(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        let message = match self.session.codec.encode(frame) {
+        self.send_encoded(self.session.codec.encode(frame))
+    }
+
+    fn send_encoded(&mut self, encoded: Encoded) -> Result<(), End> {
+        let message = match encoded {
             Encoded::Text(text) => Message::text(text),
             Encoded::Binary(bytes) => Message::binary(bytes),
         };
@@ -506,6 +599,12 @@ where
     if sent {
         let _ = timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
     }
+}
+
+/// Whether a connection must read its log again.
+enum Repair {
+    Due,
+    NotDue,
 }
 
 /// What the socket has for a connection.

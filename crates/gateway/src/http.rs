@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use switchboard_protocol::Codec;
+use switchboard_protocol::{Codec, DeviceId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -28,6 +27,7 @@ use crate::api;
 use crate::connection::{self, Session};
 use crate::demo;
 use crate::node::Node;
+use crate::respond::{HttpBody, json_error, text};
 
 /// Request line and headers larger than this get 431.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -40,8 +40,6 @@ const READ_BUFFER_BYTES: usize = 512;
 /// Frames of one connection are gathered up to this size and written in one
 /// syscall (a connection flushes after each batch of frames it writes).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-
-type Body = Full<Bytes>;
 
 /// Accepts connections until `stop`; each is served on its own task.
 pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationToken) {
@@ -87,7 +85,7 @@ pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationTo
     requests.wait().await;
 }
 
-async fn route(node: &Arc<Node>, peer: IpAddr, req: Request<Incoming>) -> Response<Body> {
+async fn route(node: &Arc<Node>, peer: IpAddr, req: Request<Incoming>) -> Response<HttpBody> {
     match req.uri().path() {
         "/ws" => upgrade(node, peer, req),
         path if path.starts_with("/v1/") => api::handle(node, req).await,
@@ -101,19 +99,25 @@ async fn route(node: &Arc<Node>, peer: IpAddr, req: Request<Incoming>) -> Respon
     }
 }
 
-fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Response<HttpBody> {
     if node.drain.is_cancelled() {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is restarting; connect to another");
     }
     let Some(key) = websocket_key(&req) else {
         return json_error(StatusCode::BAD_REQUEST, "not_websocket", "expected a WebSocket upgrade (version 13)");
     };
-    let user = match node.auth.authenticate(req.headers(), req.uri().query()) {
-        Ok(user) => user,
+    let identity = match node.auth.authenticate(req.headers(), req.uri().query()) {
+        Ok(identity) => identity,
         Err(error) => {
             return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
         }
     };
+    let (device, since) = match upgrade_options(req.uri().query()) {
+        Ok(options) => options,
+        Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &message),
+    };
+    // The token's device claim wins over the query's.
+    let device = identity.device.or(device).unwrap_or_else(DeviceId::default_device);
     let Ok(codec) = negotiate(req.headers()) else {
         let message = "supported subprotocols: switchboard.v1.json, switchboard.v1.msgpack";
         return json_error(StatusCode::BAD_REQUEST, "unsupported_protocol", message);
@@ -134,11 +138,11 @@ fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Respon
         // Boxed, so the task keeps no room for the handshake's state for
         // the whole life of the connection.
         let Some(ws) = Box::pin(websocket(on_upgrade, max_frame)).await else { return };
-        let session = Session { user, conn: Uuid::now_v7(), codec };
+        let session = Session { user: identity.user, device, conn: Uuid::now_v7(), codec, since };
         connection::run(node_for_task, session, ws).await;
     });
 
-    let mut response = Response::new(Body::default());
+    let mut response = Response::new(HttpBody::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -177,6 +181,19 @@ async fn websocket(on_upgrade: OnUpgrade, max_frame: usize) -> Option<WebSocketS
     Some(WebSocketStream::from_partially_read(stream, read, Role::Server, Some(config)).await)
 }
 
+/// The upgrade's `?device=` and `?since=`, each when given.
+fn upgrade_options(query: Option<&str>) -> Result<(Option<DeviceId>, Option<u64>), String> {
+    let (mut device, mut since) = (None, None);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "device" => device = Some(DeviceId::parse(&value).map_err(|e| format!("`device` {e}"))?),
+            "since" => since = Some(value.parse().map_err(|_| "`since` must be a seq (a whole number)".to_owned())?),
+            _ => {}
+        }
+    }
+    Ok((device, since))
+}
+
 /// The `Sec-WebSocket-Key` of a well-formed version 13 upgrade request.
 fn websocket_key(req: &Request<Incoming>) -> Option<String> {
     let headers = req.headers();
@@ -211,20 +228,4 @@ fn negotiate(headers: &HeaderMap) -> Result<Codec, ()> {
         return Ok(Codec::Json);
     }
     offered.find_map(Codec::from_protocol).ok_or(())
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
-}
-
-/// `{"error":"...","message":"..."}` with `status`.
-pub fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": error, "message": message }).to_string();
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }

@@ -57,8 +57,9 @@ pub fn outbox(conn: Uuid, limit: usize) -> (Outbox, Inbox) {
 /// Approximate bytes a push takes once encoded.
 fn cost(push: &Push) -> usize {
     match push {
-        Push::Message(letter) => letter.delivery.body.json().len() + 256,
+        Push::Message(arrival) => arrival.letter.body.json().len() + 256,
         Push::Receipt(_) => 128,
+        Push::Repair => 0,
     }
 }
 
@@ -172,21 +173,16 @@ impl Local for Hub {
 mod tests {
     use std::sync::Arc;
 
-    use switchboard_presence::Letter;
-    use switchboard_protocol::{Body, Delivery, MsgId};
+    use switchboard_presence::Arrival;
+    use switchboard_protocol::{Body, Letter, MsgId};
 
     use super::*;
 
     fn message(body_len: usize) -> Push {
         let body = Body::from_json(&format!("\"{}\"", "x".repeat(body_len))).unwrap();
         let user = UserId::parse("bob").unwrap();
-        let delivery = Delivery { msg: MsgId::new(), from: user.clone(), to: user, body, ts: 0 };
-        Push::Message(Arc::new(Letter {
-            delivery: Arc::new(delivery),
-            reply_to: None,
-            received_us: 0,
-            stored_as: None,
-        }))
+        let letter = Letter { msg: MsgId::new(), from: user.clone(), body, ts: 0, reply: None, received_us: 0 };
+        Push::Message(Arc::new(Arrival { letter: Arc::new(letter), to: user, seq: None }))
     }
 
     #[tokio::test]

@@ -12,7 +12,9 @@ mod http;
 mod hub;
 mod limits;
 mod node;
+mod respond;
+mod serve;
 
 pub use auth::{AuthError, issue_token};
 pub use config::{Cli, Command, Config, ConfigError, ServeArgs, TokenArgs};
-pub use node::{ServeError, serve};
+pub use serve::{ServeError, serve};

@@ -31,7 +31,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use switchboard_protocol::{AcceptStatus, Body, ClientFrame, ClientMsgId, MsgId, ServerFrame, UserId};
+use switchboard_protocol::{AcceptStatus, Body, ClientFrame, ClientMsgId, MsgId, ServerFrame, To, UserId};
 use switchboard_testkit::{
     ChaosProxy, Client, Connect, DEADLINE, NodeProcess, RedisServer, eventually, get, token, within,
 };
@@ -576,7 +576,7 @@ impl User {
     fn take(&self, frame: ServerFrame, refused: &mut bool) -> Option<ClientFrame> {
         let mut ledger = self.world.ledger();
         match frame {
-            ServerFrame::Accepted { id, msg, status } => {
+            ServerFrame::Accepted { id, msg, status, .. } => {
                 let in_flight = ledger.pending.get(&self.name).filter(|sent| sent.id == id.as_str()).cloned();
                 match in_flight {
                     Some(sent) => {
@@ -676,8 +676,9 @@ async fn open(url: &str, user: &str) -> Option<Client> {
 fn send_frame(sent: &Sent) -> ClientFrame {
     ClientFrame::Send {
         id: ClientMsgId::parse(&sent.id).unwrap(),
-        to: UserId::parse(&sent.to).unwrap(),
+        to: To::One(UserId::parse(&sent.to).unwrap()),
         body: Body::from_value(&json!({ "id": sent.id })),
+        ephemeral: false,
     }
 }
 

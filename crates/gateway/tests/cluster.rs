@@ -3,11 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::json;
 use switchboard_protocol::{
-    AcceptStatus, Body, ClientFrame, Delivery, Envelope, ErrorCode, MsgId, Routed, ServerFrame, UserId,
+    AcceptStatus, Addressee, Body, ClientFrame, Envelope, ErrorCode, Item, Letter, MsgId, ServerFrame, To, UserId,
 };
 use switchboard_testkit::{Client, NodeProcess, RedisCluster, RedisServer, eventually, get, scrape, within};
 
@@ -310,8 +311,9 @@ async fn redis_down_means_not_ready_and_errors_then_recovery() {
     eventually("readyz to fail", || async { get(nodes[0].public, "/readyz", &[]).await.status == 503 }).await;
     alice
         .send(&ClientFrame::Send {
+            ephemeral: false,
             id: "lost".parse_id(),
-            to: UserId::parse("bob").unwrap(),
+            to: To::One(UserId::parse("bob").unwrap()),
             body: Body::from_value(&json!(1)),
         })
         .await;
@@ -350,19 +352,14 @@ impl ParseId for &str {
     }
 }
 
-fn deliver(to: &str, i: u64) -> Routed {
-    Routed::Deliver {
-        delivery: Delivery {
-            msg: MsgId::new(),
-            from: UserId::parse("burst").unwrap(),
-            to: UserId::parse(to).unwrap(),
-            body: Body::from_value(&json!(i)),
-            ts: 0,
-        },
-        reply_to: None,
-        received_us: 0,
-        stored_as: None,
-    }
+fn letter(i: u64) -> Arc<Letter> {
+    let from = UserId::parse("burst").unwrap();
+    let ts = switchboard_testkit::now_secs() * 1000;
+    Arc::new(Letter { msg: MsgId::new(), from, body: Body::from_value(&json!(i)), ts, reply: None, received_us: 0 })
+}
+
+fn deliver(to: &str, letter: &Arc<Letter>) -> Item {
+    Item::Deliver { letter: letter.clone(), to: vec![Addressee { user: UserId::parse(to).unwrap(), seq: None }] }
 }
 
 fn spublish(channel: &str, envelope: &Envelope) -> Vec<Vec<u8>> {
@@ -378,11 +375,9 @@ async fn a_burst_of_100_000_envelopes_arrives_whole() {
     let mut expected = Vec::new();
     let commands: Vec<_> = (1..=100_000u64)
         .map(|seq| {
-            let item = deliver("bob", seq);
-            if let Routed::Deliver { delivery, .. } = &item {
-                expected.push(delivery.msg);
-            }
-            let envelope = Envelope { node: "burst".to_owned(), stream, seq, items: vec![item] };
+            let letter = letter(seq);
+            expected.push(letter.msg);
+            let envelope = Envelope { node: "burst".to_owned(), stream, seq, items: vec![deliver("bob", &letter)] };
             spublish("sb:n:{node-0}:ch", &envelope)
         })
         .collect();
@@ -402,40 +397,31 @@ async fn a_burst_of_100_000_envelopes_arrives_whole() {
 }
 
 #[tokio::test]
-async fn a_sequence_gap_is_counted_and_repaired_from_the_inbox() {
+async fn a_sequence_gap_is_counted_and_repaired_from_the_log() {
     let redis = RedisServer::start().await;
     let nodes = nodes(&redis.url(), 1, &[]).await;
     let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
 
-    // A message is stored in bob's inbox, and its envelope is "lost": the
+    // A message is in bob's log, and its envelope is "lost": the
     // publisher's next envelopes skip a sequence number.
-    let lost = deliver("bob", 7);
-    let Routed::Deliver { delivery: lost_delivery, .. } = &lost else { unreachable!() };
+    let (lost, first, third) = (letter(7), letter(1), letter(3));
     let stored =
-        vec![b"XADD".to_vec(), b"sb:u:{bob}:inbox".to_vec(), b"*".to_vec(), b"m".to_vec(), lost.encode().unwrap()];
+        vec![b"XADD".to_vec(), b"sb:u:{bob}:log".to_vec(), b"0-1".to_vec(), b"m".to_vec(), lost.encode().unwrap()];
     let stream = uuid::Uuid::now_v7();
-    let first = deliver("bob", 1);
-    let third = deliver("bob", 3);
-    let ids: Vec<MsgId> = [&first, &third]
-        .iter()
-        .map(|r| match r {
-            Routed::Deliver { delivery, .. } => delivery.msg,
-            _ => unreachable!(),
-        })
-        .collect();
     let envelope = |seq, item| Envelope { node: "other".to_owned(), stream, seq, items: vec![item] };
     redis
         .pipeline(vec![
             stored,
-            spublish("sb:n:{node-0}:ch", &envelope(1, first)),
-            spublish("sb:n:{node-0}:ch", &envelope(3, third)),
+            spublish("sb:n:{node-0}:ch", &envelope(1, deliver("bob", &first))),
+            spublish("sb:n:{node-0}:ch", &envelope(3, deliver("bob", &third))),
         ])
         .await;
 
-    let mut got = HashSet::new();
+    let mut got = HashMap::new();
     for _ in 0..3 {
-        got.insert(bob.recv_message().await.msg);
+        let message = bob.recv_message().await;
+        got.insert(message.msg, message.seq);
     }
-    assert_eq!(got, HashSet::from([ids[0], ids[1], lost_delivery.msg]));
+    assert_eq!(got, HashMap::from([(first.msg, None), (third.msg, None), (lost.msg, Some(1))]));
     assert_eq!(scrape(nodes[0].metrics).await.value("switchboard_route_gaps_total", &[]), 1.0);
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_protocol::{AcceptStatus, Body, ClientFrame, ClientMsgId, MsgId, ServerFrame, UserId};
+use switchboard_protocol::{AcceptStatus, Body, ClientFrame, ClientMsgId, MsgId, ServerFrame, To, UserId};
 use switchboard_testkit::{
     Client, Connect, NodeProcess, RedisServer, Scrape, eventually, get, post_json, scrape, token, within,
 };
@@ -245,8 +245,9 @@ async fn user(
 fn send_frame(id: &str, to: &str) -> ClientFrame {
     ClientFrame::Send {
         id: ClientMsgId::parse(id).unwrap(),
-        to: UserId::parse(to).unwrap(),
+        to: To::One(UserId::parse(to).unwrap()),
         body: Body::from_value(&json!({"id": id})),
+        ephemeral: false,
     }
 }
 

@@ -14,6 +14,9 @@ use prometheus::{
 
 pub use exporter::serve;
 
+/// Buckets for counts of things per batch: 1 to 1024.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
 /// Buckets for latencies: 50 us to 5 s.
 const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -38,6 +41,8 @@ pub struct Metrics {
     pub messages_in_stored: IntCounter,
     pub messages_in_duplicate: IntCounter,
     pub messages_in_rejected: IntCounter,
+    /// Ephemeral sends that found nobody live.
+    pub messages_in_offline: IntCounter,
     pub messages_out_delivered: IntCounter,
     pub route_seconds: Histogram,
     pub redis_errors: IntCounter,
@@ -45,6 +50,10 @@ pub struct Metrics {
     pub inbox_stored: IntCounter,
     pub inbox_replayed: IntCounter,
     pub route_gaps: IntCounter,
+    /// Recipients per accepted send.
+    pub send_recipients: Histogram,
+    /// Items per envelope published to another node.
+    pub envelope_items: Histogram,
     /// By [`DISCONNECT_REASONS`].
     pub disconnects: IntCounterVec,
     /// By [`ERROR_CODES`].
@@ -114,6 +123,7 @@ impl Metrics {
             messages_in_stored: messages.with_label_values(&["in", "stored"]),
             messages_in_duplicate: messages.with_label_values(&["in", "duplicate"]),
             messages_in_rejected: messages.with_label_values(&["in", "rejected"]),
+            messages_in_offline: messages.with_label_values(&["in", "offline"]),
             messages_out_delivered: messages.with_label_values(&["out", "delivered"]),
             route_seconds: register(
                 r,
@@ -149,6 +159,20 @@ impl Metrics {
                 IntCounter::new(
                     "switchboard_route_gaps_total",
                     "Envelopes from other nodes detected missing by sequence number",
+                ),
+            ),
+            send_recipients: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("switchboard_send_recipients", "Recipients per accepted send")
+                        .buckets(COUNT_BUCKETS.to_vec()),
+                ),
+            ),
+            envelope_items: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("switchboard_envelope_items", "Items per envelope published to another node")
+                        .buckets(COUNT_BUCKETS.to_vec()),
                 ),
             ),
             disconnects,
@@ -194,6 +218,9 @@ mod tests {
             "switchboard_messages_total{direction=\"in\",outcome=\"stored\"} 0",
             "switchboard_messages_total{direction=\"in\",outcome=\"duplicate\"} 0",
             "switchboard_messages_total{direction=\"in\",outcome=\"rejected\"} 0",
+            "switchboard_messages_total{direction=\"in\",outcome=\"offline\"} 0",
+            "switchboard_send_recipients_bucket{le=\"1\"} 0",
+            "switchboard_envelope_items_count 0",
             "switchboard_messages_total{direction=\"out\",outcome=\"delivered\"} 0",
             "switchboard_route_seconds_bucket{le=\"0.001\"} 0",
             "switchboard_redis_errors_total 0",

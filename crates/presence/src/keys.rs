@@ -5,7 +5,9 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `{p}u:{user}:conns` | hash | connection id -> node id |
-//! | `{p}u:{user}:inbox` | stream | stored messages, field `m` = MessagePack |
+//! | `{p}u:{user}:log` | stream | logged messages, entry id `0-<seq>`, field `m` = MessagePack `Letter` |
+//! | `{p}u:{user}:seq` | string | the user's last seq (kept while the log may expire) |
+//! | `{p}u:{user}:dev` | hash | per device `c:<device>` cursor, `t:<device>` last seen (ms); `r` receipted |
 //! | `{p}u:{user}:sent:{from}:{id}` | string | dedupe record `msg:status`, 10 min |
 //! | `{p}n:{node}:alive` | string | liveness, expires after `node-ttl` |
 //! | `{p}n:{node}:conns` | hash | connection id -> user id (reverse index) |
@@ -30,11 +32,19 @@ impl Keys {
         format!("{}u:{{{user}}}:conns", self.prefix)
     }
 
-    pub fn inbox(&self, user: &UserId) -> String {
-        format!("{}u:{{{user}}}:inbox", self.prefix)
+    pub fn log(&self, user: &UserId) -> String {
+        format!("{}u:{{{user}}}:log", self.prefix)
     }
 
-    /// Kept in the recipient's slot, so that the dedupe check, the inbox
+    pub fn seq(&self, user: &UserId) -> String {
+        format!("{}u:{{{user}}}:seq", self.prefix)
+    }
+
+    pub fn devices(&self, user: &UserId) -> String {
+        format!("{}u:{{{user}}}:dev", self.prefix)
+    }
+
+    /// Kept in the recipient's slot, so that the dedupe check, the log
     /// write and the presence lookup are one atomic script.
     pub fn sent(&self, to: &UserId, from: &UserId, id: &ClientMsgId) -> String {
         format!("{}u:{{{to}}}:sent:{from}:{id}", self.prefix)
@@ -84,8 +94,10 @@ mod tests {
         let keys = Keys::new("sb:");
         let (bob, alice) = (UserId::parse("bob").unwrap(), UserId::parse("alice").unwrap());
         let id = ClientMsgId::parse("{evil}").unwrap();
-        assert_eq!(keys.inbox(&bob), "sb:u:{bob}:inbox");
-        for key in [keys.inbox(&bob), keys.user_conns(&bob), keys.sent(&bob, &alice, &id)] {
+        assert_eq!(keys.log(&bob), "sb:u:{bob}:log");
+        for key in
+            [keys.log(&bob), keys.seq(&bob), keys.devices(&bob), keys.user_conns(&bob), keys.sent(&bob, &alice, &id)]
+        {
             assert_eq!(tag(&key), "bob", "{key}");
         }
         for key in [keys.node_alive("n1"), keys.node_conns("n1"), keys.node_channel("n1"), keys.node_sweep("n1")] {

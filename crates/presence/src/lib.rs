@@ -1,32 +1,36 @@
-//! Who is online where, and how a message reaches them.
+//! Who is online where, each user's log, and how a message reaches them.
 //!
-//! A [`Backend`] keeps presence (user -> connections -> nodes), the inbox of
-//! each user, the dedupe record of each sender, and routes messages and
-//! receipts to the node that holds the recipient's connections. It speaks no
-//! WebSocket: connections on this node are reached through the [`Local`]
-//! trait, which the gateway implements.
+//! A [`Backend`] keeps presence (user -> connections -> nodes), each user's
+//! log (every stored message with its `seq`, and a cursor per device), the
+//! dedupe record of each send, and routes messages and receipts to the node
+//! that holds the recipient's connections. It speaks no WebSocket:
+//! connections on this node are reached through the [`Local`] trait, which
+//! the gateway implements.
 //!
 //! Two implementations sit behind one type: an in-process one for a single
 //! node (no Redis needed), and one over Redis for a cluster. Each owns its
 //! background tasks and ends them in [`Backend::shutdown`].
 
+mod cursor;
 mod keys;
 mod memory;
 mod redis;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, Delivery, MsgId, Receipt, UserId};
+use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, DeviceId, Letter, MsgId, Receipt, ReplyTo, To, UserId};
 use uuid::Uuid;
 
+pub use cursor::Cursor;
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 
-/// When a message is written to the recipient's inbox.
+/// When a message is written to the recipient's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Always, before the sender hears `accepted`; removed on ack.
+    /// Always, before the sender hears `accepted`.
     Durable,
     /// Only when no live connection of the recipient could be reached.
     Fast,
@@ -41,6 +45,9 @@ pub struct Settings {
     pub mode: Mode,
     pub inbox_max_len: usize,
     pub inbox_ttl: Duration,
+    /// A device neither connected nor acked for this long is forgotten: it
+    /// no longer holds back the trimming of its user's log.
+    pub device_ttl: Duration,
     /// A node whose liveness key is older than this is dead.
     pub node_ttl: Duration,
     /// Prefix of every Redis key and channel.
@@ -53,6 +60,8 @@ pub struct Counters {
     pub inbox_stored: prometheus::IntCounter,
     pub backend_errors: prometheus::IntCounter,
     pub route_gaps: prometheus::IntCounter,
+    /// Items per envelope published to another node.
+    pub envelope_items: prometheus::Histogram,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,27 +72,26 @@ pub enum BackendError {
     Corrupt(String),
 }
 
-/// A message on its way to its recipient's connections.
+/// A message for one recipient, as a local connection gets it. The letter
+/// is shared by every recipient of a send on this node.
 #[derive(Clone, Debug)]
-pub struct Letter {
-    pub delivery: Arc<Delivery>,
-    /// The sender's `send` id, so the recipient's ack can become a receipt;
-    /// none for server API sends.
-    pub reply_to: Option<ClientMsgId>,
-    /// When the sender's node received it (Unix microseconds), for the
-    /// routing latency histogram.
-    pub received_us: u64,
-    /// Its entry in the recipient's inbox, when the backend stored it there.
-    pub stored_as: Option<Arc<str>>,
+pub struct Arrival {
+    pub letter: Arc<Letter>,
+    pub to: UserId,
+    /// Its place in the recipient's log; none for a live-only message.
+    pub seq: Option<u64>,
 }
 
-/// What the backend hands to a local connection. Both kinds are shared
+/// What the backend hands to a local connection. Each kind is shared
 /// between the connections of a user, and a push is small: every
 /// connection's queue preallocates room for a few dozen of them.
 #[derive(Clone, Debug)]
 pub enum Push {
-    Message(Arc<Letter>),
+    Message(Arc<Arrival>),
     Receipt(Arc<Receipt>),
+    /// Envelopes may have been lost on the way here: read the user's log
+    /// again past what the connection has.
+    Repair,
 }
 
 /// The connections of this node, as the backend sees them.
@@ -102,59 +110,77 @@ pub struct Outgoing {
     pub from: UserId,
     /// The sender's idempotency key; dedupes within [`DEDUPE_WINDOW`].
     pub id: Option<ClientMsgId>,
-    /// Whether the sender wants a receipt (by `id`) when the recipient acks.
+    /// Whether the sender wants receipts (by `id`) when recipients ack.
     pub receipt: bool,
-    pub to: UserId,
+    pub to: To,
     pub body: Body,
+    /// Live only: no log, no dedupe record, no receipt.
+    pub ephemeral: bool,
     /// When this node received it (Unix microseconds).
     pub received_us: u64,
 }
 
 /// The answer to a send, as the sender sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
     pub msg: MsgId,
+    /// `routed` when any recipient was reached live.
     pub status: AcceptStatus,
+    /// Each recipient's outcome, in the order of the send's list.
+    pub recipients: Vec<(UserId, AcceptStatus)>,
     /// The id was seen before: this is the original answer, nothing was sent.
     pub duplicate: bool,
+}
+
+impl Accepted {
+    fn of(msg: MsgId, recipients: Vec<(UserId, AcceptStatus)>, duplicate: bool) -> Self {
+        let status = recipients.iter().map(|(_, status)| *status).min().unwrap_or(AcceptStatus::Stored);
+        Self { msg, status, recipients, duplicate }
+    }
+}
+
+/// A connection about to be served.
+#[derive(Clone, Debug)]
+pub struct Connecting {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub conn: Uuid,
+    /// Replay after this seq instead of after the device's cursor.
+    pub since: Option<u64>,
 }
 
 /// A registered connection: what it must be told first.
 #[derive(Clone, Debug)]
 pub struct Connected {
-    /// The user's stored messages, oldest first.
-    pub letters: Vec<Letter>,
+    /// What the device has not acked yet, oldest first.
+    pub replay: Vec<Arrival>,
     /// The epoch as of the registration.
     pub epoch: Uuid,
+    /// The user's latest seq.
+    pub seq: u64,
+    /// What the device has acked so far.
+    pub cursor: Cursor,
 }
 
-/// A user's acknowledgement of a message it received.
+/// A message a connection wrote and its client acked: what the receipt
+/// needs, and where it is in the log.
 #[derive(Clone, Debug)]
-pub struct Ack {
-    pub user: UserId,
+pub struct Acked {
     pub msg: MsgId,
-    /// What this connection remembers of the acked message, when it does.
-    pub delivered: Option<Delivered>,
-}
-
-/// What a connection remembers of a message it wrote, until it is acked:
-/// whom to send the receipt, and where the message is stored; never the
-/// body, so that a client that does not ack costs little.
-#[derive(Clone, Debug)]
-pub struct Delivered {
+    pub seq: Option<u64>,
     pub from: UserId,
-    pub reply_to: Option<ClientMsgId>,
-    pub stored_as: Option<Arc<str>>,
+    pub reply: Option<ReplyTo>,
 }
 
-impl From<&Letter> for Delivered {
-    fn from(letter: &Letter) -> Self {
-        Self {
-            from: letter.delivery.from.clone(),
-            reply_to: letter.reply_to.clone(),
-            stored_as: letter.stored_as.clone(),
-        }
-    }
+/// A device's acks, as one connection saw them in one burst.
+#[derive(Clone, Debug)]
+pub struct DeviceAck {
+    pub user: UserId,
+    pub device: DeviceId,
+    /// Everything the device has acked, as this connection knows it.
+    pub cursor: Cursor,
+    /// The messages acked in this burst.
+    pub acked: Vec<Acked>,
 }
 
 /// The backend of one node.
@@ -209,12 +235,12 @@ impl Backend {
     }
 
     /// Registers a connection (already reachable through [`Local`]) and then
-    /// reads the user's inbox, oldest first. In this order, a message
-    /// accepted meanwhile reaches the connection live or by the inbox.
-    pub async fn connect(&self, user: &UserId, conn: Uuid) -> Result<Connected, BackendError> {
+    /// reads what its device has not acked, oldest first. In this order, a
+    /// message accepted meanwhile reaches the connection live or by replay.
+    pub async fn connect(&self, connecting: &Connecting) -> Result<Connected, BackendError> {
         match self {
-            Self::Memory(m) => Ok(Connected { letters: m.connect(user), epoch: m.epoch() }),
-            Self::Redis(r) => Box::pin(r.connect(user, conn)).await,
+            Self::Memory(m) => Ok(m.connect(connecting)),
+            Self::Redis(r) => Box::pin(r.connect(connecting)).await,
         }
     }
 
@@ -225,8 +251,8 @@ impl Backend {
         }
     }
 
-    /// Takes responsibility for a message: dedupes, stores as the mode says,
-    /// and routes it to every connection of the recipient.
+    /// Takes responsibility for a message: dedupes, logs as the mode says,
+    /// and routes it to every connection of each recipient.
     pub async fn send(&self, outgoing: Outgoing) -> Result<Accepted, BackendError> {
         match self {
             Self::Memory(m) => Ok(m.send(outgoing)),
@@ -234,14 +260,25 @@ impl Backend {
         }
     }
 
-    /// Removes an acked message from the inbox and routes the receipt.
-    pub async fn ack(&self, ack: Ack) -> Result<(), BackendError> {
+    /// Records a device's acks, trims what every device has acked, and
+    /// sends the receipts of messages no other device acked before. Never
+    /// waits: over Redis the acks are queued, and those of one device
+    /// queued meanwhile are written together. An ack that cannot be
+    /// written is counted and logged; its messages are replayed to the
+    /// device at its next connection.
+    pub fn ack(&self, ack: DeviceAck) {
         match self {
-            Self::Memory(m) => {
-                m.ack(ack);
-                Ok(())
-            }
-            Self::Redis(r) => Box::pin(r.ack(ack)).await,
+            Self::Memory(m) => m.ack(ack),
+            Self::Redis(r) => r.ack(ack),
+        }
+    }
+
+    /// The user's logged messages after `seq`, oldest first: what a
+    /// connection reads again when envelopes may have been lost.
+    pub async fn read_log(&self, user: &UserId, after: u64) -> Result<Vec<Arrival>, BackendError> {
+        match self {
+            Self::Memory(m) => Ok(m.read_log(user, after)),
+            Self::Redis(r) => Box::pin(r.read_log(user, after)).await,
         }
     }
 
@@ -271,6 +308,45 @@ fn reached(connections: usize) -> AcceptStatus {
     if connections > 0 { AcceptStatus::Routed } else { AcceptStatus::Stored }
 }
 
-fn receipt_for(msg: MsgId, reply_to: ClientMsgId) -> Push {
-    Push::Receipt(Arc::new(Receipt { id: reply_to, msg, status: switchboard_protocol::ReceiptStatus::Delivered }))
+/// The letter of `outgoing`, accepted by `node` as `msg`.
+fn letter_of(outgoing: &Outgoing, msg: MsgId, node: &str) -> Letter {
+    let reply = match (&outgoing.id, outgoing.receipt && !outgoing.ephemeral) {
+        (Some(id), true) => Some(ReplyTo { id: id.clone(), node: node.to_owned(), list: outgoing.to.is_list() }),
+        _ => None,
+    };
+    Letter {
+        msg,
+        from: outgoing.from.clone(),
+        body: outgoing.body.clone(),
+        ts: outgoing.received_us / 1000,
+        reply,
+        received_us: outgoing.received_us,
+    }
+}
+
+/// Whether a letter logged at `ts` (ms) has waited past `ttl`.
+fn expired(ts: u64, ttl: Duration) -> bool {
+    unix_micros() / 1000 > ts.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Seqs acked by `ack` whose message has a receipt to send: those among
+/// `due` that the burst names, as (reply node, sender, receipt).
+fn receipts_due<'a>(
+    ack: &'a DeviceAck,
+    due: &'a BTreeSet<u64>,
+) -> impl Iterator<Item = (&'a ReplyTo, UserId, Arc<Receipt>)> + 'a {
+    ack.acked.iter().filter(|acked| acked.seq.is_none_or(|seq| due.contains(&seq))).filter_map(|acked| {
+        let reply = acked.reply.as_ref()?;
+        Some((reply, acked.from.clone(), receipt_for(acked.msg, reply, &ack.user)))
+    })
+}
+
+/// The receipt of `msg` for its recipient `user`.
+fn receipt_for(msg: MsgId, reply: &ReplyTo, user: &UserId) -> Arc<Receipt> {
+    Arc::new(Receipt {
+        id: reply.id.clone(),
+        msg,
+        status: switchboard_protocol::ReceiptStatus::Delivered,
+        user: reply.list.then(|| user.clone()),
+    })
 }

@@ -1,23 +1,25 @@
-//! The single-node backend: presence is the node's own connection table,
-//! inboxes and dedupe records live in this process and die with it (a new
-//! process has a new epoch, so clients learn that unacked messages are gone).
+//! The single-node backend: presence is the node's own connection table;
+//! logs, device cursors and dedupe records live in this process and die
+//! with it (a new process has a new epoch, so clients learn that what was
+//! not acked is gone).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use switchboard_protocol::{AcceptStatus, ClientMsgId, Delivery, MsgId, UserId};
+use switchboard_protocol::{AcceptStatus, ClientMsgId, DeviceId, Letter, MsgId, UserId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::cursor::Cursor;
 use crate::{
-    Accepted, Ack, Counters, DEDUPE_WINDOW, Delivered, Letter, Local, Mode, Outgoing, Push, Settings, reached,
-    receipt_for,
+    Accepted, Arrival, Connected, Connecting, Counters, DEDUPE_WINDOW, DeviceAck, Local, Mode, Outgoing, Push,
+    Settings, expired, letter_of, reached, receipts_due,
 };
 
-/// How often expired inbox entries and dedupe records are dropped.
+/// How often expired log entries, devices and dedupe records are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 pub struct MemoryBackend {
@@ -31,17 +33,32 @@ struct State {
     epoch: Uuid,
     local: Arc<dyn Local>,
     counters: Counters,
-    inboxes: DashMap<UserId, VecDeque<Kept>>,
-    sent: DashMap<(UserId, ClientMsgId), Remembered>,
+    logs: DashMap<UserId, Log>,
+    /// Dedupe records by recipient, sender and send id.
+    sent: DashMap<(UserId, UserId, ClientMsgId), Remembered>,
 }
 
-struct Kept {
-    letter: Letter,
-    expires: Instant,
+/// One user's log. `seq` stays when the entries are gone, so seqs never
+/// repeat in this process.
+#[derive(Default)]
+struct Log {
+    /// The last seq given out.
+    seq: u64,
+    entries: VecDeque<(u64, Arc<Letter>)>,
+    devices: HashMap<DeviceId, Device>,
+    /// What the user's devices acked together: a message's receipt goes
+    /// out when it first enters this.
+    receipted: Cursor,
+}
+
+struct Device {
+    cursor: Cursor,
+    seen: Instant,
 }
 
 struct Remembered {
-    accepted: Accepted,
+    msg: MsgId,
+    status: AcceptStatus,
     expires: Instant,
 }
 
@@ -52,7 +69,7 @@ impl MemoryBackend {
             epoch: Uuid::now_v7(),
             local,
             counters,
-            inboxes: DashMap::new(),
+            logs: DashMap::new(),
             sent: DashMap::new(),
         });
         let stop = CancellationToken::new();
@@ -70,19 +87,36 @@ impl MemoryBackend {
         self.state.epoch
     }
 
-    pub fn connect(&self, user: &UserId) -> Vec<Letter> {
+    pub fn connect(&self, connecting: &Connecting) -> Connected {
+        let state = &self.state;
+        let mut log = state.logs.entry(connecting.user.clone()).or_default();
+        log.prune(&state.settings);
         let now = Instant::now();
-        let Some(mut inbox) = self.state.inboxes.get_mut(user) else { return Vec::new() };
-        inbox.retain(|kept| kept.expires > now);
-        inbox.iter().map(|kept| kept.letter.clone()).collect()
+        let mut cursor = match log.devices.get(&connecting.device) {
+            Some(device) => device.cursor.clone(),
+            // New: it starts where every device seen lately has acked.
+            None => log.acked_by_all().unwrap_or_default(),
+        };
+        // What is no longer in the log counts as acked: nothing would ever
+        // fill the gap.
+        let first = log.entries.iter().map(|(seq, _)| *seq).find(|seq| *seq > cursor.up_to);
+        cursor.ack_up_to(first.map_or(log.seq, |seq| seq - 1));
+        log.devices.insert(connecting.device.clone(), Device { cursor: cursor.clone(), seen: now });
+        let from = connecting.since.map_or_else(|| cursor.clone(), Cursor::at);
+        let replay = log.after(&from, &connecting.user);
+        Connected { replay, epoch: state.epoch, seq: log.seq, cursor }
     }
 
     pub fn send(&self, outgoing: Outgoing) -> Accepted {
         self.state.send(outgoing)
     }
 
-    pub fn ack(&self, ack: Ack) {
+    pub fn ack(&self, ack: DeviceAck) {
         self.state.ack(ack);
+    }
+
+    pub fn read_log(&self, user: &UserId, after: u64) -> Vec<Arrival> {
+        self.state.logs.get(user).map(|log| log.after(&Cursor::at(after), user)).unwrap_or_default()
     }
 
     pub fn online(&self, users: &[UserId]) -> Vec<usize> {
@@ -107,82 +141,135 @@ async fn sweep(state: Arc<State>, stop: CancellationToken) {
 
 impl State {
     fn send(&self, outgoing: Outgoing) -> Accepted {
-        let Outgoing { from, id, receipt, to, body, received_us } = outgoing;
-        let reply_to = id.clone().filter(|_| receipt);
-        let delivery = Arc::new(Delivery { msg: MsgId::new(), from: from.clone(), to, body, ts: received_us / 1000 });
-        let letter = Letter { delivery, reply_to, received_us, stored_as: None };
-        let Some(id) = id else { return self.route(letter) };
-
-        let now = Instant::now();
-        // The dedupe entry stays locked while the message is routed, so two
-        // concurrent sends with one id cannot both go through.
-        let mut entry = self.sent.entry((from, id)).or_insert_with(|| Remembered {
-            accepted: Accepted { msg: letter.delivery.msg, status: AcceptStatus::Stored, duplicate: false },
-            expires: now,
-        });
-        if entry.expires > now {
-            return Accepted { duplicate: true, ..entry.accepted };
-        }
-        let accepted = self.route(letter);
-        *entry = Remembered { accepted, expires: now + DEDUPE_WINDOW };
-        accepted
+        let msg = MsgId::new();
+        let letter = Arc::new(letter_of(&outgoing, msg, &self.settings.node_id));
+        let mut duplicate = None;
+        let recipients = outgoing
+            .to
+            .users()
+            .iter()
+            .map(|to| {
+                let status = match (&outgoing.id, outgoing.ephemeral) {
+                    (_, true) => self.deliver_live(to, &letter),
+                    (None, false) => self.take(to, &letter),
+                    (Some(id), false) => {
+                        // The record stays locked while the message is
+                        // taken, so two concurrent sends with one id cannot
+                        // both go through.
+                        let now = Instant::now();
+                        let key = (to.clone(), outgoing.from.clone(), id.clone());
+                        let mut record = self.sent.entry(key).or_insert_with(|| Remembered {
+                            msg,
+                            status: AcceptStatus::Stored,
+                            expires: now,
+                        });
+                        if record.expires > now {
+                            duplicate = Some(record.msg);
+                            record.status
+                        } else {
+                            let status = self.take(to, &letter);
+                            *record = Remembered { msg, status, expires: now + DEDUPE_WINDOW };
+                            status
+                        }
+                    }
+                };
+                (to.clone(), status)
+            })
+            .collect();
+        Accepted::of(duplicate.unwrap_or(msg), recipients, duplicate.is_some())
     }
 
-    fn route(&self, letter: Letter) -> Accepted {
-        let msg = letter.delivery.msg;
-        let to = letter.delivery.to.clone();
-        let status = match self.settings.mode {
-            Mode::Durable => {
-                self.store(letter.clone());
-                reached(self.local.push(&to, &Push::Message(Arc::new(letter))))
-            }
+    /// An ephemeral letter: to whoever is connected now, and nowhere else.
+    fn deliver_live(&self, to: &UserId, letter: &Arc<Letter>) -> AcceptStatus {
+        let arrival = Arc::new(Arrival { letter: letter.clone(), to: to.clone(), seq: None });
+        match self.local.push(to, &Push::Message(arrival)) {
+            0 => AcceptStatus::Offline,
+            _ => AcceptStatus::Routed,
+        }
+    }
+
+    /// Logs the letter as the mode says and hands it to `to`'s connections.
+    fn take(&self, to: &UserId, letter: &Arc<Letter>) -> AcceptStatus {
+        let push = |seq| {
+            self.local.push(to, &Push::Message(Arc::new(Arrival { letter: letter.clone(), to: to.clone(), seq })))
+        };
+        match self.settings.mode {
+            Mode::Durable => reached(push(Some(self.append(to, letter)))),
             Mode::Fast => {
-                let status = reached(self.local.push(&to, &Push::Message(Arc::new(letter.clone()))));
+                let status = reached(push(None));
                 if status == AcceptStatus::Stored {
-                    // The recipient may have connected, and read its inbox,
-                    // between the push and the store: push once more (a
+                    // The recipient may have connected, and read its log,
+                    // between the push and the append: push once more (a
                     // connection skips what its replay already wrote).
-                    self.store(letter.clone());
-                    self.local.push(&to, &Push::Message(Arc::new(letter)));
+                    push(Some(self.append(to, letter)));
                 }
                 status
             }
-        };
-        Accepted { msg, status, duplicate: false }
+        }
     }
 
-    fn store(&self, letter: Letter) {
-        let expires = Instant::now() + self.settings.inbox_ttl;
-        let mut inbox = self.inboxes.entry(letter.delivery.to.clone()).or_default();
-        inbox.push_back(Kept { letter, expires });
-        while inbox.len() > self.settings.inbox_max_len {
-            inbox.pop_front();
+    fn append(&self, to: &UserId, letter: &Arc<Letter>) -> u64 {
+        let mut log = self.logs.entry(to.clone()).or_default();
+        log.seq += 1;
+        let seq = log.seq;
+        log.entries.push_back((seq, letter.clone()));
+        while log.entries.len() > self.settings.inbox_max_len {
+            log.entries.pop_front();
         }
         self.counters.inbox_stored.inc();
+        seq
     }
 
-    fn ack(&self, ack: Ack) {
-        let removed = self.inboxes.get_mut(&ack.user).and_then(|mut inbox| {
-            let at = inbox.iter().position(|kept| kept.letter.delivery.msg == ack.msg)?;
-            inbox.remove(at).map(|kept| Delivered::from(&kept.letter))
-        });
-        // In durable mode only the first ack (of several devices) removes
-        // the message, and only that one sends a receipt.
-        let delivered = match self.settings.mode {
-            Mode::Durable => removed,
-            Mode::Fast => removed.or(ack.delivered),
+    fn ack(&self, ack: DeviceAck) {
+        let due = {
+            let mut log = self.logs.entry(ack.user.clone()).or_default();
+            let log = &mut *log;
+            let device = log
+                .devices
+                .entry(ack.device.clone())
+                .or_insert_with(|| Device { cursor: Cursor::default(), seen: Instant::now() });
+            device.cursor.merge(&ack.cursor);
+            device.seen = Instant::now();
+            let earlier = log.receipted.clone();
+            log.receipted.merge(&device.cursor);
+            let due: BTreeSet<u64> = log.receipted.newly_acked(&earlier).into_iter().collect();
+            log.prune(&self.settings);
+            due
         };
-        if let Some(Delivered { from, reply_to: Some(reply_to), .. }) = delivered {
-            self.local.push(&from, &receipt_for(ack.msg, reply_to));
+        for (_, from, receipt) in receipts_due(&ack, &due) {
+            self.local.push(&from, &Push::Receipt(receipt));
         }
     }
 
     fn sweep(&self) {
         let now = Instant::now();
         self.sent.retain(|_, remembered| remembered.expires > now);
-        self.inboxes.retain(|_, inbox| {
-            inbox.retain(|kept| kept.expires > now);
-            !inbox.is_empty()
-        });
+        for mut log in self.logs.iter_mut() {
+            log.prune(&self.settings);
+        }
+    }
+}
+
+impl Log {
+    /// What every device seen lately acked; `None` when none was seen.
+    fn acked_by_all(&self) -> Option<Cursor> {
+        self.devices.values().map(|device| device.cursor.clone()).reduce(|all, cursor| all.intersect(&cursor))
+    }
+
+    /// Forgets devices not seen within `device-ttl`, and drops what waited
+    /// past `inbox-ttl` or what every remaining device acked.
+    fn prune(&mut self, settings: &Settings) {
+        self.devices.retain(|_, device| device.seen.elapsed() < settings.device_ttl);
+        let trimmed = self.acked_by_all().map_or(0, |cursor| cursor.up_to);
+        self.entries.retain(|(seq, letter)| *seq > trimmed && !expired(letter.ts, settings.inbox_ttl));
+    }
+
+    /// The entries `cursor` does not hold, oldest first.
+    fn after(&self, cursor: &Cursor, user: &UserId) -> Vec<Arrival> {
+        self.entries
+            .iter()
+            .filter(|(seq, _)| !cursor.contains(*seq))
+            .map(|(seq, letter)| Arrival { letter: letter.clone(), to: user.clone(), seq: Some(*seq) })
+            .collect()
     }
 }

@@ -1,20 +1,34 @@
 //! The server API's request bodies (contract section 5), as application
 //! backends write them; the gateway validates the fields.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::codec::present;
+use crate::codec::{WireTo, present, recipients};
+use crate::frame::To;
 
 /// `POST /v1/send`.
-#[derive(Debug, Deserialize)]
-pub struct ApiSend {
-    pub to: String,
-    #[serde(default)]
-    pub from: Option<String>,
+#[derive(Deserialize)]
+pub struct ApiSend<'a> {
+    #[serde(borrow)]
+    to: Option<WireTo<'a>>,
+    #[serde(default, borrow)]
+    pub from: Option<Cow<'a, str>>,
     /// `None` only when the field is missing: `"body":null` is a body.
     #[serde(default, deserialize_with = "present")]
     pub body: Option<Box<RawValue>>,
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
     #[serde(default)]
-    pub id: Option<String>,
+    pub ephemeral: bool,
+}
+
+impl ApiSend<'_> {
+    /// The recipients, by the rules of a client's `send`; `None` when `to`
+    /// is missing.
+    pub fn to(&mut self) -> Option<Result<To, String>> {
+        self.to.take().map(recipients)
+    }
 }

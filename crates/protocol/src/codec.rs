@@ -7,10 +7,11 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::frame::{Body, ClientFrame, ErrorCode, ServerFrame};
+use crate::envelope::Letter;
+use crate::frame::{Body, ClientFrame, ErrorCode, ServerFrame, To};
 use crate::ids::{ClientMsgId, MsgId, UserId};
 
 /// At most this many users in one presence query.
@@ -99,6 +100,24 @@ impl Codec {
     }
 
     pub fn encode(self, frame: &ServerFrame) -> Encoded {
+        self.encode_value(frame)
+    }
+
+    /// The `message` frame of `letter` for `to`: the same frame as
+    /// [`ServerFrame::Message`] holds, written from the letter as it is.
+    pub fn encode_message(self, letter: &Letter, to: &UserId, seq: Option<u64>) -> Encoded {
+        self.encode_value(&MessageFrame {
+            kind: "message",
+            msg: letter.msg,
+            from: &letter.from,
+            to,
+            body: &letter.body,
+            ts: letter.ts,
+            seq,
+        })
+    }
+
+    fn encode_value(self, frame: &impl Serialize) -> Encoded {
         // Server frames hold only strings, numbers, maps and bodies that
         // passed `Body::check`, which both serializers always accept.
         match self {
@@ -118,10 +137,19 @@ impl Codec {
     /// Encodes a client frame; for clients and tests.
     pub fn encode_client(self, frame: &ClientFrame) -> Encoded {
         let value = match frame {
-            ClientFrame::Send { id, to, body } => serde_json::json!({
-                "type": "send", "id": id, "to": to, "body": body.to_value()
-            }),
+            ClientFrame::Send { id, to, body, ephemeral } => {
+                let to = match to {
+                    To::One(user) => serde_json::json!(user),
+                    To::Many(users) => serde_json::json!(users),
+                };
+                let mut send = serde_json::json!({"type": "send", "id": id, "to": to, "body": body.to_value()});
+                if *ephemeral {
+                    send["ephemeral"] = true.into();
+                }
+                send
+            }
             ClientFrame::Ack { msg } => serde_json::json!({"type": "ack", "msg": msg}),
+            ClientFrame::AckUpTo { seq } => serde_json::json!({"type": "ack", "seq": seq}),
             ClientFrame::Ping => serde_json::json!({"type": "ping"}),
             ClientFrame::Presence { users } => {
                 serde_json::json!({"type": "presence", "users": users})
@@ -150,15 +178,28 @@ struct WireFrame<'a, B> {
     #[serde(borrow)]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    to: Option<Cow<'a, str>>,
+    to: Option<WireTo<'a>>,
     /// `Some` whenever the field is there, `null` included: only a missing
     /// body is refused.
     #[serde(default, deserialize_with = "present")]
     body: Option<B>,
+    #[serde(default)]
+    ephemeral: Option<bool>,
     #[serde(borrow)]
     msg: Option<Cow<'a, str>>,
+    seq: Option<u64>,
     #[serde(borrow)]
     users: Option<Vec<Cow<'a, str>>>,
+}
+
+/// A `send`'s `to`: a user id or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum WireTo<'a> {
+    #[serde(borrow)]
+    One(Cow<'a, str>),
+    #[serde(borrow)]
+    Many(Vec<Cow<'a, str>>),
 }
 
 impl<B> WireFrame<'_, B> {
@@ -172,24 +213,28 @@ impl<B> WireFrame<'_, B> {
                 let id =
                     ClientMsgId::parse(&id).map_err(|e| DecodeError::bad_frame(None, format!("field `id` {e}")))?;
                 let to = self.to.ok_or_else(|| DecodeError::bad_frame(Some(id.clone()), "missing field `to`"))?;
-                let to = UserId::parse(&to).map_err(|e| DecodeError {
+                let to = recipients(to).map_err(|message| DecodeError {
                     code: ErrorCode::InvalidRecipient,
                     id: Some(id.clone()),
-                    message: format!("recipient {e}"),
+                    message,
                 })?;
                 let body = self
                     .body
                     .map(body)
                     .ok_or_else(|| DecodeError::bad_frame(Some(id.clone()), "missing field `body`"))?;
                 body.check().map_err(|e| DecodeError::bad_frame(Some(id.clone()), format!("field `body`: {e}")))?;
-                Ok(ClientFrame::Send { id, to, body })
+                Ok(ClientFrame::Send { id, to, body, ephemeral: self.ephemeral.unwrap_or(false) })
             }
-            "ack" => {
-                let msg = self.msg.ok_or_else(|| DecodeError::bad_frame(None, "missing field `msg`"))?;
-                let msg =
-                    MsgId::parse(&msg).map_err(|e| DecodeError::bad_frame(None, format!("field `msg` is {e}")))?;
-                Ok(ClientFrame::Ack { msg })
-            }
+            "ack" => match (self.msg, self.seq) {
+                (Some(msg), None) => {
+                    let msg =
+                        MsgId::parse(&msg).map_err(|e| DecodeError::bad_frame(None, format!("field `msg` is {e}")))?;
+                    Ok(ClientFrame::Ack { msg })
+                }
+                (None, Some(seq)) => Ok(ClientFrame::AckUpTo { seq }),
+                (Some(_), Some(_)) => Err(DecodeError::bad_frame(None, "an ack takes `msg` or `seq`, not both")),
+                (None, None) => Err(DecodeError::bad_frame(None, "missing field `msg` or `seq`")),
+            },
             "ping" => Ok(ClientFrame::Ping),
             "presence" => {
                 let users = self.users.ok_or_else(|| DecodeError::bad_frame(None, "missing field `users`"))?;
@@ -212,6 +257,41 @@ impl<B> WireFrame<'_, B> {
     }
 }
 
+/// The recipients of a `send`, or why they are refused: a list must hold
+/// at least one user, each valid, none twice.
+pub(crate) fn recipients(to: WireTo<'_>) -> Result<To, String> {
+    let parse = |user: &str| UserId::parse(user).map_err(|e| format!("recipient {user:?}: {e}"));
+    match to {
+        WireTo::One(user) => parse(&user).map(To::One),
+        WireTo::Many(users) if users.is_empty() => Err("`to` lists no recipient".to_owned()),
+        WireTo::Many(users) => {
+            let mut seen = std::collections::HashSet::with_capacity(users.len());
+            let mut parsed = Vec::with_capacity(users.len());
+            for user in &users {
+                if !seen.insert(user.as_ref()) {
+                    return Err(format!("recipient {user:?} is listed twice"));
+                }
+                parsed.push(parse(user)?);
+            }
+            Ok(To::Many(parsed))
+        }
+    }
+}
+
+/// A `message` frame, borrowed from a letter.
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    msg: MsgId,
+    from: &'a UserId,
+    to: &'a UserId,
+    body: &'a Body,
+    ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,9 +303,9 @@ mod tests {
     #[test]
     fn decodes_send_and_keeps_body_text() {
         let frame = json(r#"{"type":"send","id":"c-1","to":"bob","body":{"text":"hi","n":[1,2]},"extra":1}"#);
-        let Ok(ClientFrame::Send { id, to, body }) = frame else { panic!("{frame:?}") };
+        let Ok(ClientFrame::Send { id, to, body, ephemeral: false }) = frame else { panic!("{frame:?}") };
         assert_eq!(id.as_str(), "c-1");
-        assert_eq!(to.as_str(), "bob");
+        assert_eq!(to, To::One(UserId::parse("bob").unwrap()));
         assert_eq!(body.json(), r#"{"text":"hi","n":[1,2]}"#);
     }
 
@@ -246,6 +326,30 @@ mod tests {
 
         let err = json("{not json").unwrap_err();
         assert_eq!((err.code, err.id), (ErrorCode::BadFrame, None));
+    }
+
+    #[test]
+    fn a_send_takes_a_list_of_distinct_valid_recipients() {
+        let frame = json(r#"{"type":"send","id":"g-1","to":["bob","carol"],"body":1,"ephemeral":true}"#);
+        let Ok(ClientFrame::Send { to: To::Many(users), ephemeral: true, .. }) = frame else { panic!("{frame:?}") };
+        assert_eq!(users.iter().map(UserId::as_str).collect::<Vec<_>>(), ["bob", "carol"]);
+        for (to, message) in [
+            (r#"[]"#, "`to` lists no recipient"),
+            (r#"["bob","bob"]"#, r#"recipient "bob" is listed twice"#),
+            (r#"["bob","c d"]"#, r#"recipient "c d": may only contain A-Z a-z 0-9 _ . : @ -"#),
+        ] {
+            let err = json(&format!(r#"{{"type":"send","id":"g-2","to":{to},"body":1}}"#)).unwrap_err();
+            assert_eq!((err.code, err.message.as_str()), (ErrorCode::InvalidRecipient, message));
+            assert_eq!(err.id.as_ref().map(ClientMsgId::as_str), Some("g-2"));
+        }
+    }
+
+    #[test]
+    fn acks_name_a_message_or_a_seq() {
+        assert_eq!(json(r#"{"type":"ack","seq":1000}"#), Ok(ClientFrame::AckUpTo { seq: 1000 }));
+        let both = json(r#"{"type":"ack","seq":1,"msg":"0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee"}"#).unwrap_err();
+        assert_eq!(both.code, ErrorCode::BadFrame);
+        assert_eq!(json(r#"{"type":"ack"}"#).unwrap_err().message, "missing field `msg` or `seq`");
     }
 
     #[test]

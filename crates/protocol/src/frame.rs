@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::ids::{ClientMsgId, MsgId, UserId};
+use crate::ids::{ClientMsgId, DeviceId, MsgId, UserId};
 
 /// A message body: any JSON value, kept as its JSON text.
 ///
@@ -172,20 +172,68 @@ impl<'de> Visitor<'de> for ReadValue {
 /// A frame from a client, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientFrame {
-    Send { id: ClientMsgId, to: UserId, body: Body },
-    Ack { msg: MsgId },
+    Send {
+        id: ClientMsgId,
+        to: To,
+        body: Body,
+        /// Live only: no log, no dedupe record, no receipt.
+        ephemeral: bool,
+    },
+    /// One message, by id.
+    Ack {
+        msg: MsgId,
+    },
+    /// Every message of the user's log up to `seq`, for this device.
+    AckUpTo {
+        seq: u64,
+    },
     Ping,
-    Presence { users: Vec<UserId> },
+    Presence {
+        users: Vec<UserId>,
+    },
+}
+
+/// The recipients of a `send`: one user, or a list of distinct users (the
+/// answer then names each one's outcome).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum To {
+    One(UserId),
+    Many(Vec<UserId>),
+}
+
+impl To {
+    pub fn users(&self) -> &[UserId] {
+        match self {
+            Self::One(user) => std::slice::from_ref(user),
+            Self::Many(users) => users,
+        }
+    }
+
+    pub fn is_list(&self) -> bool {
+        matches!(self, Self::Many(_))
+    }
 }
 
 /// What the server did with an accepted message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AcceptStatus {
     /// On its way to at least one live connection of the recipient.
     Routed,
-    /// The recipient is offline; the message waits in the inbox.
+    /// The recipient is offline; the message waits in the log.
     Stored,
+    /// An ephemeral send that found no live connection: dropped.
+    Offline,
+}
+
+impl AcceptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Routed => "routed",
+            Self::Stored => "stored",
+            Self::Offline => "offline",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +274,9 @@ pub struct Delivery {
     pub body: Body,
     /// Milliseconds since the Unix epoch when the message was accepted.
     pub ts: u64,
+    /// Its place in the recipient's log; none for a live-only message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// A recipient confirmed a message; sent to the sender's connections.
@@ -235,6 +286,9 @@ pub struct Receipt {
     pub id: ClientMsgId,
     pub msg: MsgId,
     pub status: ReceiptStatus,
+    /// The recipient, for a send to a list of users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -246,6 +300,9 @@ pub struct Welcome {
     pub heartbeat_ms: u64,
     #[serde(with = "uuid_text")]
     pub epoch: Uuid,
+    pub device: DeviceId,
+    /// The user's latest `seq`: what the replay that follows leads up to.
+    pub seq: u64,
 }
 
 /// UUIDs as hyphenated text in MessagePack too (uuid's own serde writes
@@ -274,6 +331,9 @@ pub enum ServerFrame {
         id: ClientMsgId,
         msg: MsgId,
         status: AcceptStatus,
+        /// Each recipient's outcome, for a send to a list of users.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recipients: Option<BTreeMap<UserId, AcceptStatus>>,
     },
     /// Shared: one delivery is written to every connection of the recipient.
     Message(Arc<Delivery>),

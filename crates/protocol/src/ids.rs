@@ -28,19 +28,47 @@ impl UserId {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.is_empty() || s.len() > Self::MAX_LEN {
-            return Err(IdError::Length { min: 1, max: Self::MAX_LEN });
-        }
-        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-');
-        if !s.bytes().all(allowed) {
-            return Err(IdError::Charset);
-        }
-        Ok(Self(Arc::from(s)))
+        check_name(s, Self::MAX_LEN).map(|()| Self(Arc::from(s)))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A device of a user (`?device=` or the token's `device` claim): 1 to 64
+/// bytes of the user id's characters. Each device of a user has a cursor
+/// of its own in the user's log.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(Arc<str>);
+
+impl DeviceId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        check_name(s, Self::MAX_LEN).map(|()| Self(Arc::from(s)))
+    }
+
+    /// The device of a connection that names none.
+    pub fn default_device() -> Self {
+        Self(Arc::from("default"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 1 to `max` bytes of `A-Z a-z 0-9 _ . : @ -`.
+fn check_name(s: &str, max: usize) -> Result<(), IdError> {
+    if s.is_empty() || s.len() > max {
+        return Err(IdError::Length { min: 1, max });
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-');
+    if !s.bytes().all(allowed) {
+        return Err(IdError::Charset);
+    }
+    Ok(())
 }
 
 /// The client's idempotency key of a `send`: 1 to 64 bytes, any characters.
@@ -124,6 +152,7 @@ macro_rules! string_id {
 }
 
 string_id!(UserId);
+string_id!(DeviceId);
 string_id!(ClientMsgId);
 
 impl fmt::Display for MsgId {
@@ -166,6 +195,15 @@ mod tests {
         assert_eq!(UserId::parse("bob smith"), Err(IdError::Charset));
         assert_eq!(UserId::parse("bób"), Err(IdError::Charset));
         assert_eq!(UserId::parse("a/b"), Err(IdError::Charset));
+    }
+
+    #[test]
+    fn device_id_rules() {
+        assert!(DeviceId::parse("phone-1").is_ok());
+        assert!(DeviceId::parse(&"d".repeat(64)).is_ok());
+        assert_eq!(DeviceId::parse(&"d".repeat(65)), Err(IdError::Length { min: 1, max: 64 }));
+        assert_eq!(DeviceId::parse("my phone"), Err(IdError::Charset));
+        assert_eq!(DeviceId::default_device().as_str(), "default");
     }
 
     #[test]

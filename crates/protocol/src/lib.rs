@@ -13,6 +13,8 @@ mod ids;
 
 pub use api::ApiSend;
 pub use codec::{Codec, DecodeError, Encoded, MAX_PRESENCE_QUERY};
-pub use envelope::{Envelope, EnvelopeError, Routed};
-pub use frame::{AcceptStatus, Body, ClientFrame, Delivery, ErrorCode, Receipt, ReceiptStatus, ServerFrame, Welcome};
-pub use ids::{ClientMsgId, IdError, MsgId, UserId};
+pub use envelope::{Addressee, Envelope, EnvelopeError, Item, Letter, ReplyTo};
+pub use frame::{
+    AcceptStatus, Body, ClientFrame, Delivery, ErrorCode, Receipt, ReceiptStatus, ServerFrame, To, Welcome,
+};
+pub use ids::{ClientMsgId, DeviceId, IdError, MsgId, UserId};

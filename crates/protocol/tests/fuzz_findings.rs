@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use switchboard_protocol::{
-    Body, ClientFrame, ClientMsgId, Codec, DecodeError, Delivery, Encoded, Envelope, EnvelopeError, ErrorCode, MsgId,
-    Routed, ServerFrame, UserId,
+    Addressee, Body, ClientFrame, ClientMsgId, Codec, DecodeError, Delivery, Encoded, Envelope, EnvelopeError,
+    ErrorCode, Item, Letter, MsgId, ServerFrame, UserId,
 };
 
 /// The stack of a tokio worker thread, where a node decodes frames.
@@ -131,20 +131,35 @@ fn a_deep_msgpack_body_is_refused_within_a_worker_stack() {
 }
 
 #[test]
-fn an_envelope_carries_the_deepest_body_and_refuses_a_deeper_one() {
+fn an_envelope_carries_the_deepest_body_as_its_json_text() {
     let deepest = Body::from_json(&nested_json(Body::MAX_DEPTH)).unwrap();
-    let routed = Routed::Deliver { delivery: delivery(deepest), reply_to: None, received_us: 1, stored_as: None };
-    let envelope = Envelope { node: "node-a".to_owned(), stream: uuid::Uuid::now_v7(), seq: 1, items: vec![routed] };
+    let letter = Letter {
+        msg: MsgId::new(),
+        from: UserId::parse("alice").unwrap(),
+        body: deepest,
+        ts: 1,
+        reply: None,
+        received_us: 1,
+    };
+    let to = vec![Addressee { user: UserId::parse("bob").unwrap(), seq: Some(1) }];
+    let envelope = Envelope {
+        node: "node-a".to_owned(),
+        stream: uuid::Uuid::now_v7(),
+        seq: 1,
+        items: vec![Item::Deliver { letter: Arc::new(letter), to }],
+    };
     let bytes = envelope.encode().unwrap();
-    assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+    let back = Envelope::decode(&bytes).unwrap();
+    assert_eq!(back, envelope);
+    let Item::Deliver { letter, .. } = &back.items[0] else { panic!() };
+    assert_eq!(letter.body.json(), nested_json(Body::MAX_DEPTH));
 
-    // One level more, as another node could not have written it: a body
-    // that decoded but could not be encoded again.
-    let run = bytes.windows(Body::MAX_DEPTH).position(|w| w.iter().all(|&b| b == 0x91)).unwrap();
-    let mut deeper = bytes.clone();
-    deeper.insert(run, 0x91);
-    let Err(EnvelopeError::Decode(error)) = Envelope::decode(&deeper) else { panic!("a body too deep decoded") };
-    assert_eq!(error.to_string(), "nested deeper than 126 levels at line 1 column 127");
+    // A body that is not JSON text is refused with the envelope.
+    let text = nested_json(Body::MAX_DEPTH);
+    let at = bytes.windows(text.len()).position(|w| w == text.as_bytes()).unwrap();
+    let mut broken = bytes.clone();
+    broken[at] = b'{';
+    let Err(EnvelopeError::Decode(_)) = Envelope::decode(&broken) else { panic!("a broken body decoded") };
 }
 
 fn delivery(body: Body) -> Delivery {
@@ -154,6 +169,7 @@ fn delivery(body: Body) -> Delivery {
         to: UserId::parse("bob").unwrap(),
         body,
         ts: 1,
+        seq: None,
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use switchboard_protocol::{
-    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, ErrorCode, MsgId, Receipt,
-    ReceiptStatus, Routed, ServerFrame, UserId, Welcome,
+    AcceptStatus, Addressee, Body, ClientFrame, ClientMsgId, Codec, Delivery, DeviceId, Encoded, Envelope, ErrorCode,
+    Item, Letter, MsgId, Receipt, ReceiptStatus, ReplyTo, ServerFrame, To, UserId, Welcome,
 };
 
 fn user() -> impl Strategy<Value = UserId> {
@@ -47,25 +47,48 @@ fn body() -> impl Strategy<Value = Body> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (client_id(), user(), body()).prop_map(|(id, to, body)| ClientFrame::Send { id, to, body }),
+        (client_id(), recipients(), body(), any::<bool>()).prop_map(|(id, to, body, ephemeral)| ClientFrame::Send {
+            id,
+            to,
+            body,
+            ephemeral
+        }),
         msg_id().prop_map(|msg| ClientFrame::Ack { msg }),
+        any::<u64>().prop_map(|seq| ClientFrame::AckUpTo { seq }),
         Just(ClientFrame::Ping),
         prop::collection::vec(user(), 0..100).prop_map(|users| ClientFrame::Presence { users }),
     ]
 }
 
+fn recipients() -> impl Strategy<Value = To> {
+    prop_oneof![
+        user().prop_map(To::One),
+        prop::collection::btree_set(user(), 1..5).prop_map(|users| To::Many(users.into_iter().collect())),
+    ]
+}
+
+fn status() -> impl Strategy<Value = AcceptStatus> {
+    prop_oneof![Just(AcceptStatus::Routed), Just(AcceptStatus::Stored), Just(AcceptStatus::Offline)]
+}
+
 fn delivery() -> impl Strategy<Value = Delivery> {
-    (msg_id(), user(), user(), body(), any::<u64>()).prop_map(|(msg, from, to, body, ts)| Delivery {
-        msg,
-        from,
-        to,
-        body,
-        ts,
-    })
+    (msg_id(), user(), user(), body(), any::<u64>(), prop::option::of(any::<u64>()))
+        .prop_map(|(msg, from, to, body, ts, seq)| Delivery { msg, from, to, body, ts, seq })
 }
 
 fn receipt() -> impl Strategy<Value = Receipt> {
-    (client_id(), msg_id()).prop_map(|(id, msg)| Receipt { id, msg, status: ReceiptStatus::Delivered })
+    (client_id(), msg_id(), prop::option::of(user())).prop_map(|(id, msg, user)| Receipt {
+        id,
+        msg,
+        status: ReceiptStatus::Delivered,
+        user,
+    })
+}
+
+fn letter() -> impl Strategy<Value = Letter> {
+    let reply = (client_id(), "[a-z0-9-]{1,20}", any::<bool>()).prop_map(|(id, node, list)| ReplyTo { id, node, list });
+    (msg_id(), user(), body(), any::<u64>(), prop::option::of(reply), any::<u64>())
+        .prop_map(|(msg, from, body, ts, reply, received_us)| Letter { msg, from, body, ts, reply, received_us })
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -80,42 +103,39 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
-        (client_id(), msg_id(), any::<bool>()).prop_map(|(id, msg, routed)| {
-            ServerFrame::Accepted { id, msg, status: if routed { AcceptStatus::Routed } else { AcceptStatus::Stored } }
-        }),
+        (client_id(), msg_id(), status(), prop::option::of(prop::collection::btree_map(user(), status(), 1..4)))
+            .prop_map(|(id, msg, status, recipients)| ServerFrame::Accepted { id, msg, status, recipients }),
         delivery().prop_map(|d| ServerFrame::Message(Arc::new(d))),
         receipt().prop_map(|r| ServerFrame::Receipt(Arc::new(r))),
         prop::collection::btree_map(user(), any::<bool>(), 0..10)
             .prop_map(|online| { ServerFrame::Presence { online: online.into_iter().collect::<BTreeMap<_, _>>() } }),
         Just(ServerFrame::Pong),
-        (user(), any::<u128>(), "[a-z0-9-]{1,20}", any::<u64>(), any::<u128>()).prop_map(
-            |(user, conn, node, heartbeat_ms, epoch)| {
+        (user(), any::<u128>(), "[a-z0-9-]{1,20}", any::<u64>(), any::<u128>(), "[a-z0-9]{1,64}", any::<u64>())
+            .prop_map(|(user, conn, node, heartbeat_ms, epoch, device, seq)| {
                 ServerFrame::Welcome(Welcome {
                     user,
                     conn: uuid::Uuid::from_u128(conn),
                     node,
                     heartbeat_ms,
                     epoch: uuid::Uuid::from_u128(epoch),
+                    device: DeviceId::parse(&device).unwrap(),
+                    seq,
                 })
-            }
-        ),
+            }),
         (prop::option::of(client_id()), error_code(), "\\PC{0,40}")
             .prop_map(|(id, code, message)| ServerFrame::Error { id, code, message }),
     ]
 }
 
-fn routed() -> impl Strategy<Value = Routed> {
+fn item() -> impl Strategy<Value = Item> {
+    let addressee = (user(), prop::option::of(any::<u64>())).prop_map(|(user, seq)| Addressee { user, seq });
     prop_oneof![
-        (delivery(), prop::option::of(client_id()), any::<u64>(), prop::option::of("[0-9]{1,13}-[0-9]{1,3}")).prop_map(
-            |(delivery, reply_to, received_us, stored_as)| Routed::Deliver {
-                delivery,
-                reply_to,
-                received_us,
-                stored_as
-            }
-        ),
-        (user(), receipt()).prop_map(|(to, receipt)| Routed::Receipt { to, receipt }),
-        Just(Routed::Probe),
+        (letter(), prop::collection::vec(addressee, 1..4))
+            .prop_map(|(letter, to)| Item::Deliver { letter: Arc::new(letter), to }),
+        (user(), receipt()).prop_map(|(to, receipt)| Item::Receipt { to, receipt }),
+        Just(Item::Probe),
+        any::<u64>().prop_map(|id| Item::Fence { id }),
+        any::<u64>().prop_map(|id| Item::Fenced { id }),
     ]
 }
 
@@ -144,10 +164,21 @@ proptest! {
     }
 
     #[test]
-    fn envelopes_round_trip(node in "[a-z0-9-]{1,20}", seq in any::<u64>(), items in prop::collection::vec(routed(), 0..5)) {
+    fn envelopes_round_trip(node in "[a-z0-9-]{1,20}", seq in any::<u64>(), items in prop::collection::vec(item(), 0..5)) {
         let envelope = Envelope { node, stream: uuid::Uuid::now_v7(), seq, items };
         let bytes = envelope.encode().unwrap();
         prop_assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+    }
+
+    #[test]
+    fn letters_round_trip_and_render_as_their_message_frame(letter in letter(), to in user(), seq in prop::option::of(any::<u64>())) {
+        prop_assert_eq!(Letter::decode(&letter.encode().unwrap()).unwrap(), letter.clone());
+        let frame = ServerFrame::Message(Arc::new(Delivery {
+            msg: letter.msg, from: letter.from.clone(), to: to.clone(), body: letter.body.clone(), ts: letter.ts, seq,
+        }));
+        for codec in [Codec::Json, Codec::MsgPack] {
+            prop_assert_eq!(codec.encode_message(&letter, &to, seq), codec.encode(&frame));
+        }
     }
 
     #[test]
@@ -155,7 +186,7 @@ proptest! {
         let _ = Codec::Json.decode(&bytes);
         let _ = Codec::MsgPack.decode(&bytes);
         let _ = Envelope::decode(&bytes);
-        let _ = Routed::decode(&bytes);
+        let _ = Letter::decode(&bytes);
     }
 
     #[test]
@@ -183,9 +214,11 @@ fn cross_codec_bodies_agree() {
         to: UserId::parse("bob").unwrap(),
         body,
         ts: 1,
+        seq: Some(7),
     }));
     let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!("msgpack is binary") };
     let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(value["seq"], 7);
     assert_eq!(value["body"], serde_json::json!({"text":"hi","n":[1,-2,3.5],"ok":true,"none":null}));
     assert_eq!(value["type"], "message");
 }
@@ -199,6 +232,8 @@ fn msgpack_welcome_carries_ids_as_text() {
         node: "n1".to_owned(),
         heartbeat_ms: 25_000,
         epoch: conn,
+        device: DeviceId::default_device(),
+        seq: 0,
     });
     let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!("msgpack is binary") };
     let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();

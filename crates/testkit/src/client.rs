@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use std::collections::BTreeMap;
+
 use switchboard_protocol::{
-    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, MsgId, ServerFrame, UserId, Welcome,
+    AcceptStatus, Body, ClientFrame, ClientMsgId, Codec, Delivery, DeviceId, Encoded, MsgId, ServerFrame, To, UserId,
+    Welcome,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -50,6 +53,13 @@ impl Client {
     /// Connects as `user` with a valid token, speaking JSON.
     pub async fn connect(url: &str, user: &str) -> Self {
         Self::connect_with(url, user, Codec::Json).await
+    }
+
+    /// Connects as `user` from `device` (the `device` query parameter).
+    pub async fn connect_device(url: &str, user: &str, device: &str) -> Self {
+        let connect =
+            Connect { bearer: Some(crate::token(user)), query: Some(format!("device={device}")), ..Connect::default() };
+        Self::open(url, connect).await.unwrap_or_else(|e| panic!("connect as {user} from {device}: {e:?}"))
     }
 
     pub async fn connect_with(url: &str, user: &str, codec: Codec) -> Self {
@@ -134,20 +144,54 @@ impl Client {
 
     /// Sends a message and returns the server's `accepted` answer.
     pub async fn send_message(&mut self, id: &str, to: &str, body: serde_json::Value) -> (MsgId, AcceptStatus) {
-        self.send(&ClientFrame::Send {
-            id: ClientMsgId::parse(id).unwrap(),
-            to: UserId::parse(to).unwrap(),
-            body: Body::from_value(&body),
-        })
-        .await;
+        let (msg, status, _) = self.send_to(id, To::One(UserId::parse(to).unwrap()), body, false).await;
+        (msg, status)
+    }
+
+    /// Sends to a list of users; the `accepted` answer and its map of
+    /// each recipient's outcome.
+    pub async fn send_to_many(
+        &mut self,
+        id: &str,
+        to: &[&str],
+        body: serde_json::Value,
+    ) -> (MsgId, AcceptStatus, BTreeMap<String, AcceptStatus>) {
+        let to = To::Many(to.iter().map(|user| UserId::parse(user).unwrap()).collect());
+        let (msg, status, recipients) = self.send_to(id, to, body, false).await;
+        let recipients = recipients.expect("a recipients map for a list");
+        (msg, status, recipients.into_iter().map(|(user, status)| (user.as_str().to_owned(), status)).collect())
+    }
+
+    /// An ephemeral send; the `accepted` status.
+    pub async fn send_ephemeral(&mut self, id: &str, to: &str, body: serde_json::Value) -> AcceptStatus {
+        self.send_to(id, To::One(UserId::parse(to).unwrap()), body, true).await.1
+    }
+
+    async fn send_to(
+        &mut self,
+        id: &str,
+        to: To,
+        body: serde_json::Value,
+        ephemeral: bool,
+    ) -> (MsgId, AcceptStatus, Option<BTreeMap<UserId, AcceptStatus>>) {
+        let send =
+            ClientFrame::Send { id: ClientMsgId::parse(id).unwrap(), to, body: Body::from_value(&body), ephemeral };
+        self.send(&send).await;
         match self.recv().await {
-            ServerFrame::Accepted { id: got, msg, status } if got.as_str() == id => (msg, status),
+            ServerFrame::Accepted { id: got, msg, status, recipients } if got.as_str() == id => {
+                (msg, status, recipients)
+            }
             other => panic!("expected accepted for {id}, got {other:?}"),
         }
     }
 
     pub async fn ack(&mut self, msg: MsgId) {
         self.send(&ClientFrame::Ack { msg }).await;
+    }
+
+    /// Acks everything up to `seq`, for this connection's device.
+    pub async fn ack_up_to(&mut self, seq: u64) {
+        self.send(&ClientFrame::AckUpTo { seq }).await;
     }
 
     /// The next data frame from the server, skipping WebSocket pings.
@@ -221,6 +265,8 @@ fn placeholder_welcome() -> Welcome {
         node: String::new(),
         heartbeat_ms: 0,
         epoch: uuid::Uuid::nil(),
+        device: DeviceId::default_device(),
+        seq: 0,
     }
 }
 

@@ -1,0 +1,379 @@
+//! What must be in Redis before the sender hears `accepted`, and what acks
+//! change there.
+//!
+//! A logged message is one `append` script call on its recipient's slot:
+//! the dedupe check, the seq, the log entry and the presence lookup in one
+//! atomic step, so that a message stored while its recipient connects is
+//! found by the recipient's replay or routed to its new connection. A
+//! fast-mode message to a live recipient costs one plain `SET NX GET` (the
+//! dedupe record) and one `HVALS` (where the recipient is), sent together.
+//! Every recipient of a send is handled concurrently, so the client writes
+//! their commands to Redis together.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::bytes::Bytes;
+use fred::interfaces::{HashesInterface, KeysInterface, StreamsInterface};
+use fred::types::scripts::Script;
+use fred::types::{Expiration, SetOptions, Value};
+use futures_util::future::try_join_all;
+use switchboard_protocol::{AcceptStatus, DeviceId, Letter, MsgId, UserId};
+use tokio::sync::mpsc;
+
+use super::{Inner, millis, now_ms};
+use crate::cursor::Cursor;
+use crate::{
+    Accepted, Arrival, BackendError, Connecting, DEDUPE_WINDOW, DeviceAck, Mode, Outgoing, expired, letter_of,
+    receipts_due,
+};
+
+/// A user's log expiry is refreshed at most this often by one node (and
+/// set this much past `inbox-ttl`); entries older than `inbox-ttl` are
+/// skipped when read.
+const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+
+pub(super) struct Scripts {
+    append: Script,
+    ack: Script,
+    connect: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            append: Script::from_lua(include_str!("append.lua")),
+            ack: Script::from_lua(concat!(include_str!("cursor.lua"), include_str!("ack.lua"))),
+            connect: Script::from_lua(concat!(include_str!("cursor.lua"), include_str!("connect.lua"))),
+        }
+    }
+}
+
+/// What became of a send for one recipient.
+pub(super) enum Taken {
+    /// The id was seen before: the original answer.
+    Duplicate { msg: MsgId, status: AcceptStatus },
+    /// To hand to the recipient's connections on `nodes` (this node among
+    /// them, when it holds some).
+    Route { seq: Option<u64>, nodes: Vec<String> },
+}
+
+/// What the dedupe record of a fast-mode send says once it found nobody.
+enum Dedupe {
+    /// Check for an earlier send, and record this one.
+    Check,
+    /// The record was written already: correct its status to `stored`.
+    Stored,
+}
+
+impl Inner {
+    pub(super) async fn send(self: &Arc<Self>, outgoing: Outgoing) -> Result<Accepted, BackendError> {
+        let msg = MsgId::new();
+        let letter = Arc::new(letter_of(&outgoing, msg, self.me()));
+        let logs = !outgoing.ephemeral;
+        let entry = if logs { Some(Bytes::from(letter.encode().map_err(corrupt)?)) } else { None };
+        let users = outgoing.to.users();
+        let taken = try_join_all(users.iter().map(|to| self.take(&outgoing, to, msg, entry.as_ref()))).await?;
+        let mut duplicate = None;
+        let mut recipients = Vec::with_capacity(users.len());
+        let mut routes = Vec::with_capacity(users.len());
+        for (to, taken) in users.iter().zip(taken) {
+            match taken {
+                Taken::Duplicate { msg, status } => {
+                    duplicate = Some(msg);
+                    recipients.push((to.clone(), status));
+                }
+                Taken::Route { seq, nodes } => {
+                    recipients.push((to.clone(), AcceptStatus::Stored));
+                    routes.push((to.clone(), seq, nodes));
+                }
+            }
+        }
+        let reached = self.deliver(&letter, routes);
+        let mut accepted = recipients.into_iter();
+        let recipients = accepted
+            .by_ref()
+            .map(|(to, status)| {
+                let status = match reached.get(&to) {
+                    Some(&count) if count > 0 => AcceptStatus::Routed,
+                    Some(_) if !logs => AcceptStatus::Offline,
+                    _ => status,
+                };
+                (to, status)
+            })
+            .collect::<Vec<_>>();
+        if logs {
+            self.correct_records(&outgoing, msg, &recipients).await;
+        }
+        Ok(Accepted::of(duplicate.unwrap_or(msg), recipients, duplicate.is_some()))
+    }
+
+    /// Dedupes, logs as the mode says, and looks up one recipient.
+    async fn take(
+        self: &Arc<Self>,
+        outgoing: &Outgoing,
+        to: &UserId,
+        msg: MsgId,
+        entry: Option<&Bytes>,
+    ) -> Result<Taken, BackendError> {
+        let sent = outgoing.id.as_ref().map(|id| self.keys.sent(to, &outgoing.from, id));
+        let Some(entry) = entry else {
+            // Ephemeral: where the recipient is now, and nothing else.
+            return Ok(Taken::Route { seq: None, nodes: self.nodes_of(to).await? });
+        };
+        if self.settings.mode == Mode::Durable {
+            return self.append(to, msg, entry, sent.map(|key| (key, Dedupe::Check))).await;
+        }
+        let (previous, nodes) = match &sent {
+            Some(key) => {
+                let record = format!("{msg}:{}", AcceptStatus::Routed.as_str());
+                let expiry = Some(Expiration::PX(super::ttl_i64(millis(DEDUPE_WINDOW))));
+                let (previous, nodes) = tokio::join!(
+                    self.client.set::<Option<String>, _, _>(key.as_str(), record, expiry, Some(SetOptions::NX), true),
+                    self.nodes_of(to),
+                );
+                (previous?, nodes?)
+            }
+            None => (None, self.nodes_of(to).await?),
+        };
+        if let Some(previous) = previous {
+            return parse_record(&previous);
+        }
+        let live: Vec<String> = nodes.into_iter().filter(|node| self.is_alive(node)).collect();
+        if !live.is_empty() {
+            self.sent_live(to, &live);
+            return Ok(Taken::Route { seq: None, nodes: live });
+        }
+        // Nobody live: stored, after whatever this node sent the user live
+        // before has been handled, so that it does not overtake that.
+        self.settle(to).await;
+        self.append(to, msg, entry, sent.map(|key| (key, Dedupe::Stored))).await
+    }
+
+    /// Runs the `append` script: logs `entry` for `to` and looks `to` up.
+    async fn append(
+        &self,
+        to: &UserId,
+        msg: MsgId,
+        entry: &Bytes,
+        dedupe: Option<(String, Dedupe)>,
+    ) -> Result<Taken, BackendError> {
+        let mut keys = vec![self.keys.log(to), self.keys.seq(to), self.keys.user_conns(to)];
+        let mode = match dedupe {
+            Some((key, mode)) => {
+                keys.push(key);
+                mode
+            }
+            None => Dedupe::Check,
+        };
+        let args: Vec<Value> = vec![
+            msg.to_string().into(),
+            Value::Bytes(entry.clone()),
+            self.settings.inbox_max_len.to_string().into(),
+            self.log_expiry(to).into(),
+            millis(DEDUPE_WINDOW).to_string().into(),
+            match mode {
+                Dedupe::Check => "check",
+                Dedupe::Stored => "stored",
+            }
+            .into(),
+        ];
+        let reply: Value = self.scripts.append.evalsha_with_reload(&self.client, keys, args).await?;
+        let Value::Array(mut parts) = reply else { return Err(corrupt("append reply")) };
+        if parts.len() == 1 {
+            let previous = parts.pop().and_then(|v| v.into_string()).ok_or_else(|| corrupt("append reply"))?;
+            return parse_record(&previous);
+        }
+        let nodes = match parts.pop() {
+            Some(Value::Array(nodes)) => nodes.into_iter().filter_map(|v| v.into_string()).collect(),
+            _ => Vec::new(),
+        };
+        let seq = parts.pop().and_then(|v| v.as_u64()).ok_or_else(|| corrupt("append reply"))?;
+        self.counters.inbox_stored.inc();
+        Ok(Taken::Route { seq: Some(seq), nodes })
+    }
+
+    /// Logs a live-only message whose recipient was not where it was sent:
+    /// no dedupe (the sender's node recorded it), routed where the
+    /// recipient is now.
+    pub(super) async fn store_bounced(&self, letter: &Letter, to: &UserId) -> Result<Taken, BackendError> {
+        let entry = Bytes::from(letter.encode().map_err(corrupt)?);
+        self.append(to, letter.msg, &entry, None).await
+    }
+
+    /// The nodes holding `to`'s connections, as presence lists them.
+    pub(super) async fn nodes_of(&self, to: &UserId) -> Result<Vec<String>, BackendError> {
+        Ok(self.client.hvals(self.keys.user_conns(to)).await?)
+    }
+
+    /// The dedupe records guessed `routed` from presence entries; those of
+    /// recipients whose entries all belonged to dead nodes say `stored`.
+    async fn correct_records(&self, outgoing: &Outgoing, msg: MsgId, recipients: &[(UserId, AcceptStatus)]) {
+        let (Some(id), Mode::Durable) = (&outgoing.id, self.settings.mode) else { return };
+        for (to, status) in recipients.iter().filter(|(_, status)| *status == AcceptStatus::Stored) {
+            let record = format!("{msg}:{}", status.as_str());
+            let key = self.keys.sent(to, &outgoing.from, id);
+            let corrected: Result<Option<String>, _> =
+                self.client.set(key, record, Some(Expiration::KEEPTTL), Some(SetOptions::XX), false).await;
+            if let Err(error) = corrected {
+                self.counters.backend_errors.inc();
+                tracing::warn!(%error, "dedupe record not corrected");
+            }
+        }
+    }
+
+    /// The log's expiry to set with this append: none when this node set
+    /// it lately.
+    fn log_expiry(&self, to: &UserId) -> String {
+        let every = REFRESH_EVERY.min(self.settings.inbox_ttl / 4);
+        let now = tokio::time::Instant::now();
+        let mut refreshed = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        if refreshed.get(to).is_some_and(|at| now.duration_since(*at) < every) {
+            return "0".to_owned();
+        }
+        refreshed.insert(to.clone(), now);
+        millis(self.settings.inbox_ttl + every).to_string()
+    }
+
+    /// Forgets refreshes older than the refresh interval.
+    pub(super) fn forget_refreshes(&self) {
+        let every = REFRESH_EVERY.min(self.settings.inbox_ttl / 4);
+        let now = tokio::time::Instant::now();
+        self.refreshed.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, at| now.duration_since(*at) < every);
+    }
+
+    /// Marks a device seen and reads what it has not acked: the user's
+    /// latest seq, the device's cursor, and the replay.
+    pub(super) async fn open_log(&self, connecting: &Connecting) -> Result<(u64, Cursor, Vec<Arrival>), BackendError> {
+        let user = &connecting.user;
+        let keys = vec![self.keys.devices(user), self.keys.log(user), self.keys.seq(user)];
+        let args: Vec<Value> = vec![
+            connecting.device.as_str().into(),
+            now_ms().to_string().into(),
+            connecting.since.map_or_else(String::new, |since| since.to_string()).into(),
+            millis(self.settings.device_ttl).to_string().into(),
+            self.settings.inbox_max_len.to_string().into(),
+        ];
+        let reply: Value = self.scripts.connect.evalsha_with_reload(&self.client, keys, args).await?;
+        let Value::Array(mut parts) = reply else { return Err(corrupt("connect reply")) };
+        let entries = parts.pop().ok_or_else(|| corrupt("connect reply"))?;
+        let cursor = parts.pop().and_then(|v| v.into_string()).and_then(|text| Cursor::from_text(&text));
+        let cursor = cursor.ok_or_else(|| corrupt("connect reply"))?;
+        let seq = parts.pop().and_then(|v| v.as_u64()).ok_or_else(|| corrupt("connect reply"))?;
+        let skip = if connecting.since.is_some() { Cursor::default() } else { cursor.clone() };
+        let replay = self.arrivals(user, entries)?.into_iter().filter(|a| a.seq.is_none_or(|s| !skip.contains(s)));
+        Ok((seq, cursor, replay.collect()))
+    }
+
+    /// The user's logged messages after `after`, oldest first.
+    pub(super) async fn read_log(&self, user: &UserId, after: u64) -> Result<Vec<Arrival>, BackendError> {
+        let count = u64::try_from(self.settings.inbox_max_len).unwrap_or(u64::MAX);
+        let entries: Value = self.client.xrange(self.keys.log(user), format!("(0-{after}"), "+", Some(count)).await?;
+        self.arrivals(user, entries)
+    }
+
+    /// Log entries as arrivals, without those that waited past `inbox-ttl`.
+    fn arrivals(&self, user: &UserId, entries: Value) -> Result<Vec<Arrival>, BackendError> {
+        let Value::Array(entries) = entries else { return Ok(Vec::new()) };
+        let mut arrivals = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Value::Array(mut entry) = entry else { return Err(corrupt("log entry")) };
+            let fields = entry.pop();
+            let id = entry.pop().and_then(|v| v.into_string()).unwrap_or_default();
+            let seq = id.strip_prefix("0-").and_then(|seq| seq.parse().ok());
+            let payload = match fields {
+                Some(Value::Array(mut fields)) if fields.len() == 2 => fields.pop().and_then(|v| v.into_bytes()),
+                _ => None,
+            };
+            match (seq, payload.map(|bytes| Letter::decode(&bytes))) {
+                (Some(seq), Some(Ok(letter))) if !expired(letter.ts, self.settings.inbox_ttl) => {
+                    arrivals.push(Arrival { letter: Arc::new(letter), to: user.clone(), seq: Some(seq) });
+                }
+                (Some(_), Some(Ok(_))) => {}
+                _ => tracing::warn!(%user, id, "skipping a malformed log entry"),
+            }
+        }
+        Ok(arrivals)
+    }
+
+    /// Writes the queued acks until the backend stops: whatever is queued
+    /// at once is merged per device, and the devices are written
+    /// concurrently.
+    pub(super) async fn acker(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<DeviceAck>) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                ack = queue.recv() => match ack {
+                    Some(ack) => ack,
+                    None => return,
+                },
+            };
+            let mut devices: HashMap<(UserId, DeviceId), DeviceAck> = HashMap::new();
+            let mut next = Some(first);
+            while let Some(ack) = next {
+                match devices.entry((ack.user.clone(), ack.device.clone())) {
+                    Entry::Occupied(mut queued) => {
+                        let queued = queued.get_mut();
+                        queued.cursor.merge(&ack.cursor);
+                        queued.acked.extend(ack.acked);
+                    }
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(ack);
+                    }
+                }
+                next = queue.try_recv().ok();
+            }
+            let written = futures_util::future::join_all(devices.into_values().map(|ack| self.write_ack(ack))).await;
+            for error in written.into_iter().filter_map(Result::err) {
+                self.counters.backend_errors.inc();
+                tracing::warn!(%error, "acks not recorded; their messages will be replayed");
+            }
+        }
+    }
+
+    /// Records one device's acks and sends the receipts they make due.
+    async fn write_ack(self: &Arc<Self>, ack: DeviceAck) -> Result<(), BackendError> {
+        let logged = ack.acked.iter().any(|acked| acked.seq.is_some()) || ack.acked.is_empty();
+        let due = if logged {
+            let user = &ack.user;
+            let keys = vec![self.keys.devices(user), self.keys.log(user)];
+            let args: Vec<Value> = vec![
+                ack.device.as_str().into(),
+                now_ms().to_string().into(),
+                ack.cursor.to_text().into(),
+                millis(self.settings.device_ttl).to_string().into(),
+            ];
+            let due: Vec<u64> = self.scripts.ack.evalsha_with_reload(&self.client, keys, args).await?;
+            due.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
+        for (reply, from, receipt) in receipts_due(&ack, &due) {
+            self.send_receipt(&reply.node, from, receipt);
+        }
+        Ok(())
+    }
+}
+
+/// Reads a dedupe record, `msg:status`.
+fn parse_record(record: &str) -> Result<Taken, BackendError> {
+    let corrupt = || corrupt(format!("dedupe record {record:?}"));
+    let (msg, status) = record.split_once(':').ok_or_else(corrupt)?;
+    let msg = MsgId::parse(msg).map_err(|_| corrupt())?;
+    let status = match status {
+        "routed" => AcceptStatus::Routed,
+        "stored" => AcceptStatus::Stored,
+        _ => return Err(corrupt()),
+    };
+    Ok(Taken::Duplicate { msg, status })
+}
+
+fn corrupt(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Corrupt(what.to_string())
+}
+
+/// How many of each recipient's connections a send reached, by recipient.
+pub(super) type Reached = HashMap<UserId, usize>;
