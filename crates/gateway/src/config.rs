@@ -99,6 +99,12 @@ pub struct ServeArgs {
     /// Drain time on SIGTERM.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
+    /// Threads that serve connections. 1 (the default) runs the whole node on
+    /// one thread: its tasks hand each other work without waking another
+    /// thread, and the Redis commands of one turn go out in one write; run
+    /// a node per core. More: a work-stealing pool of that many threads.
+    #[arg(long, env = "SWITCHBOARD_THREADS", default_value_t = 1)]
+    pub threads: usize,
     /// Most client connections this node holds; more get HTTP 503.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -158,6 +164,7 @@ pub struct Config {
     pub device_ttl: Duration,
     pub max_recipients: usize,
     pub shutdown_grace: Duration,
+    pub threads: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -221,6 +228,9 @@ impl ServeArgs {
         if self.max_recipients == 0 {
             return bad("max-recipients", "must be at least 1");
         }
+        if self.threads == 0 {
+            return bad("threads", "must be at least 1");
+        }
         if self.max_connections == 0 {
             return bad("max-connections", "must be at least 1");
         }
@@ -270,6 +280,7 @@ impl ServeArgs {
             device_ttl: self.device_ttl,
             max_recipients: self.max_recipients,
             shutdown_grace: self.shutdown_grace,
+            threads: self.threads,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
         })

@@ -146,20 +146,20 @@ where
     /// The whole life: in the hub, served, closed with a reason, cleaned up.
     async fn live(mut self, outbox: Outbox) {
         let Session { user, conn, .. } = &self.session;
-        self.node.hub.insert(user, outbox);
+        let first = self.node.hub.insert(user, outbox);
         self.node.metrics.connections.inc();
         self.node.metrics.connections_total.inc();
         tracing::debug!(%conn, %user, "open");
 
-        let end = self.serve().await;
+        let end = self.serve(first).await;
         // Out of the hub, and out of presence while the close handshake
         // runs, which may wait long on a peer that does not read: meanwhile
         // its messages go to its other connections or its inbox, not into a
         // dead queue.
         self.inbox.close();
         let (node, Session { user, conn, .. }) = (&self.node, &self.session);
-        node.hub.remove(user, *conn);
-        let (_, left) = tokio::join!(close(&mut self.ws, node, end), node.backend.disconnect(user, *conn));
+        let last = node.hub.remove(user, *conn);
+        let (_, left) = tokio::join!(close(&mut self.ws, node, end), node.backend.disconnect(user, *conn, last));
         if let Err(error) = left {
             node.metrics.redis_errors.inc();
             tracing::warn!(%conn, %user, %error, "presence entry left for the sweeper");
@@ -168,7 +168,7 @@ where
         tracing::debug!(%conn, %user, ?end, "closed");
     }
 
-    async fn serve(&mut self) -> End {
+    async fn serve(&mut self, first: bool) -> End {
         // Registered (in the hub, then in presence) before the log is read:
         // a message accepted meanwhile arrives live or in this replay. The
         // welcome follows, so a client that has it is reachable.
@@ -178,6 +178,7 @@ where
             device: session.device.clone(),
             conn: session.conn,
             since: session.since,
+            first,
         };
         let timer = self.node.metrics.backend_connect.start_timer();
         let connected = self.node.backend.connect(&connecting).await;

@@ -136,16 +136,22 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn insert(&self, user: &UserId, outbox: Outbox) {
+    /// Adds a connection; whether it is the user's first here.
+    pub fn insert(&self, user: &UserId, outbox: Outbox) -> bool {
         // Most users hold one connection: room for one until a second comes.
-        self.users.entry(user.clone()).or_insert_with(|| Vec::with_capacity(1)).push(outbox);
+        let mut outboxes = self.users.entry(user.clone()).or_insert_with(|| Vec::with_capacity(1));
+        outboxes.push(outbox);
+        outboxes.len() == 1
     }
 
-    pub fn remove(&self, user: &UserId, conn: Uuid) {
-        self.users.remove_if_mut(user, |_, outboxes| {
-            outboxes.retain(|o| o.conn != conn);
-            outboxes.is_empty()
-        });
+    /// Removes a connection; whether it was the user's last here.
+    pub fn remove(&self, user: &UserId, conn: Uuid) -> bool {
+        self.users
+            .remove_if_mut(user, |_, outboxes| {
+                outboxes.retain(|o| o.conn != conn);
+                outboxes.is_empty()
+            })
+            .is_some()
     }
 }
 
@@ -218,10 +224,10 @@ mod tests {
         let (a, _ia) = outbox(Uuid::now_v7(), 1 << 20);
         let (b, _ib) = outbox(Uuid::now_v7(), 1 << 20);
         let b_conn = b.conn;
-        hub.insert(&bob, a);
-        hub.insert(&bob, b);
+        assert!(hub.insert(&bob, a));
+        assert!(!hub.insert(&bob, b));
         assert_eq!(hub.push(&bob, &message(1)), 2);
-        hub.remove(&bob, b_conn);
+        assert!(!hub.remove(&bob, b_conn));
         assert_eq!(hub.connections(&bob), 1);
         assert_eq!(hub.push(&UserId::parse("carol").unwrap(), &message(1)), 0);
     }

@@ -262,8 +262,14 @@ async fn fast_mode_stores_what_a_dead_node_cannot_take() {
     expect_receipt(&mut alice, "a-0", msg).await;
 
     nodes[1].kill().await;
-    // Sent while node-1 still looks alive: its channel has no subscriber,
-    // so the messages fall back to the inbox.
+    // Once Redis has seen its subscriber go (a message published before
+    // that was in flight, lost with the node)...
+    eventually("node-1's channel to lose its subscriber", || async {
+        redis.cli(&["PUBSUB", "SHARDNUMSUB", "sb:n:{node-1}:ch"]).await.lines().nth(1) == Some("0")
+    })
+    .await;
+    // ...what is sent while node-1 still looks alive finds no subscriber on
+    // its channel, so it falls back to the log.
     let mut accepted = Vec::new();
     for i in 1..6 {
         accepted.push(alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0);

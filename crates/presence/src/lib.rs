@@ -147,6 +147,8 @@ pub struct Connecting {
     pub conn: Uuid,
     /// Replay after this seq instead of after the device's cursor.
     pub since: Option<u64>,
+    /// The user's first connection on this node.
+    pub first: bool,
 }
 
 /// A registered connection: what it must be told first.
@@ -244,10 +246,12 @@ impl Backend {
         }
     }
 
-    pub async fn disconnect(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
+    /// Unregisters a connection; `last` when it was the user's last one on
+    /// this node.
+    pub async fn disconnect(&self, user: &UserId, conn: Uuid, last: bool) -> Result<(), BackendError> {
         match self {
             Self::Memory(_) => Ok(()),
-            Self::Redis(r) => Box::pin(r.disconnect(user, conn)).await,
+            Self::Redis(r) => Box::pin(r.disconnect(user, conn, last)).await,
         }
     }
 

@@ -82,6 +82,17 @@ pub enum Item {
     },
     /// The node's own liveness probe of its channel.
     Probe,
+    /// `user`'s first connection on the sending node opened.
+    Online {
+        user: UserId,
+    },
+    /// `user`'s last connection on the sending node closed (or a message
+    /// for `user` reached the sending node after it had).
+    Offline {
+        user: UserId,
+    },
+    /// The sending node started: tell it of your users from now on.
+    Hello,
     /// Answered with `Fenced` once everything this node sent before it has
     /// been handled, stored messages included.
     Fence {

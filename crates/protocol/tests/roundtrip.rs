@@ -134,6 +134,9 @@ fn item() -> impl Strategy<Value = Item> {
             .prop_map(|(letter, to)| Item::Deliver { letter: Arc::new(letter), to }),
         (user(), receipt()).prop_map(|(to, receipt)| Item::Receipt { to, receipt }),
         Just(Item::Probe),
+        Just(Item::Hello),
+        user().prop_map(|user| Item::Online { user }),
+        user().prop_map(|user| Item::Offline { user }),
         any::<u64>().prop_map(|id| Item::Fence { id }),
         any::<u64>().prop_map(|id| Item::Fenced { id }),
     ]

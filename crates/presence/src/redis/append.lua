@@ -1,27 +1,21 @@
 -- Logs one message for one recipient, atomically on the recipient's slot,
--- and returns the recipient's presence. Given a dedupe key in mode 'check',
--- a repeated send id is answered with the original record and nothing else
--- happens; in mode 'stored' the record is corrected to 'stored' (a fast-mode
--- send that found nobody live after all).
+-- and returns the recipient's presence. Given a dedupe key, a repeated send
+-- id is answered with the original record and nothing else happens.
 --
 -- The entry id is `0-<seq>`: the seq counter is its own key, without an
 -- expiry, so seqs never repeat when the log expires.
 --
 -- KEYS: log stream, seq counter, presence hash [, dedupe key]
 -- ARGV: msg id, letter (MessagePack), max len, log ttl ms ('0': keep the
---       expiry as it is), dedupe ttl ms, dedupe mode ('check' or 'stored')
+--       expiry as it is), dedupe ttl ms
 -- Returns {previous record} or {false, seq, {node, ...}}
 local nodes = redis.call('HVALS', KEYS[3])
 if #KEYS == 4 then
-  if ARGV[6] == 'check' then
-    local status = 'stored'
-    if #nodes > 0 then status = 'routed' end
-    local previous = redis.call('SET', KEYS[4], ARGV[1] .. ':' .. status, 'NX', 'GET', 'PX', ARGV[5])
-    if previous then
-      return {previous}
-    end
-  else
-    redis.call('SET', KEYS[4], ARGV[1] .. ':' .. ARGV[6], 'XX', 'KEEPTTL')
+  local status = 'stored'
+  if #nodes > 0 then status = 'routed' end
+  local previous = redis.call('SET', KEYS[4], ARGV[1] .. ':' .. status, 'NX', 'GET', 'PX', ARGV[5])
+  if previous then
+    return {previous}
   end
 end
 local seq = redis.call('INCR', KEYS[2])

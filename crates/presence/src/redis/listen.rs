@@ -32,8 +32,9 @@ const LISTEN_TURN: usize = 64;
 
 /// What the listener leaves to the bouncer.
 pub(super) enum Bounce {
-    /// A live-only letter whose recipient has no connection here.
-    Letter { letter: Arc<Letter>, to: UserId },
+    /// A live-only letter whose recipient has no connection here, from
+    /// `node`, whose replica is wrong.
+    Letter { letter: Arc<Letter>, to: UserId, node: String },
     /// A receipt whose sender is not on the node it sent from.
     Receipt { to: UserId, receipt: Arc<Receipt> },
     /// To be answered with `Fenced` once what came before is handled.
@@ -122,6 +123,11 @@ impl Inner {
             tracing::warn!(node = envelope.node, gap, "envelopes missing from a node");
             self.repair();
         }
+        // A node heard of for the first time, or whose news went missing:
+        // what it holds, from Redis.
+        if (self.replica.add_peer(&envelope.node) || gap > 0) && envelope.node != self.me() {
+            self.resnapshot(envelope.node.clone());
+        }
         for item in envelope.items {
             match item {
                 Item::Deliver { letter, to } => {
@@ -132,7 +138,8 @@ impl Inner {
                         // A logged message waits in the log; a live-only one
                         // is stored here.
                         if reached == 0 && addressee.seq.is_none() {
-                            let _ = self.bounces.send(Bounce::Letter { letter: letter.clone(), to: addressee.user });
+                            let (letter, to, node) = (letter.clone(), addressee.user, envelope.node.clone());
+                            let _ = self.bounces.send(Bounce::Letter { letter, to, node });
                         }
                     }
                 }
@@ -144,6 +151,9 @@ impl Inner {
                     let _ = self.bounces.send(Bounce::Fence { node: envelope.node.clone(), id });
                 }
                 Item::Fenced { id } => self.fenced(id),
+                Item::Online { user } => self.replica.online(user, &envelope.node),
+                Item::Offline { user } => self.replica.offline(&user, &envelope.node),
+                Item::Hello => {}
             }
         }
     }
@@ -151,7 +161,7 @@ impl Inner {
     /// Handles what the listener left, one at a time, in order.
     pub(super) async fn bouncer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Bounce>) {
         // Nodes bounced messages were routed on to since the last fence.
-        let mut routed: HashSet<String> = HashSet::new();
+        let mut routed: HashSet<Arc<str>> = HashSet::new();
         loop {
             let bounce = tokio::select! {
                 biased;
@@ -162,10 +172,13 @@ impl Inner {
                 },
             };
             match bounce {
-                Bounce::Letter { letter, to } => match self.store_bounced(&letter, &to).await {
+                Bounce::Letter { letter, to, node } => match self.store_bounced(&letter, &to).await {
                     Ok(Taken::Route { seq, nodes }) => {
-                        let nodes: Vec<String> = nodes.into_iter().filter(|node| self.is_alive(node)).collect();
-                        routed.extend(nodes.iter().filter(|node| *node != self.me()).cloned());
+                        // The sender's node took `to` to be here: it is not.
+                        self.enqueue(&node, Item::Offline { user: to.clone() });
+                        self.replica.repair(&to, &nodes, self.me());
+                        let nodes: Vec<Arc<str>> = nodes.into_iter().filter(|node| self.is_alive(node)).collect();
+                        routed.extend(nodes.iter().filter(|node| ***node != *self.me()).cloned());
                         self.deliver(&letter, vec![(to, seq, nodes)]);
                     }
                     Ok(Taken::Duplicate { .. }) => {}
@@ -176,7 +189,7 @@ impl Inner {
                 },
                 Bounce::Receipt { to, receipt } => match self.nodes_of(&to).await {
                     Ok(nodes) => {
-                        for node in nodes.iter().filter(|node| *node != self.me() && self.is_alive(node)) {
+                        for node in nodes.iter().filter(|node| ***node != *self.me() && self.is_alive(node)) {
                             self.enqueue(node, Item::Receipt { to: to.clone(), receipt: (*receipt).clone() });
                         }
                     }
@@ -186,7 +199,7 @@ impl Inner {
                     }
                 },
                 Bounce::Fence { node, id } => {
-                    self.publishers_caught_up(routed.iter().map(String::as_str)).await;
+                    self.publishers_caught_up(routed.iter().map(|node| &**node)).await;
                     routed.clear();
                     self.enqueue(&node, Item::Fenced { id });
                 }

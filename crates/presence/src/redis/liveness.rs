@@ -78,6 +78,17 @@ impl Inner {
             // the logs of users who may be connected here.
             self.repair();
         }
+        for node in dead.difference(&previously) {
+            self.replica.remove_peer(node);
+            self.replica.forget_node(node);
+        }
+        let alive: Vec<String> =
+            self.client.zrangebyscore(self.keys.nodes(), format!("({cutoff}"), "+inf", false, None).await?;
+        for node in alive.into_iter().filter(|n| n != me) {
+            if self.replica.add_peer(&node) && self.last_beat_ms.load(Ordering::Relaxed) != 0 {
+                self.resnapshot(node);
+            }
+        }
 
         self.enqueue(me, Item::Probe);
         self.forget_recent();

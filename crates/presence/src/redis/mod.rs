@@ -22,8 +22,10 @@
 mod listen;
 mod liveness;
 mod presence;
+mod replica;
 mod route;
 mod store;
+mod window;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,8 +47,10 @@ use crate::keys::Keys;
 use crate::{Accepted, Arrival, BackendError, Connected, Connecting, Counters, DeviceAck, Local, Outgoing, Settings};
 
 use listen::Bounce;
+use replica::Replica;
 use route::Queued;
 use store::Scripts;
+use window::Window;
 
 /// A command that has not completed in this time fails; the client gets an
 /// `internal` error instead of waiting on a Redis that is gone.
@@ -62,6 +66,8 @@ pub struct RedisBackend {
 
 struct Inner {
     settings: Settings,
+    /// This node's id, shared with the routes that name it.
+    node: Arc<str>,
     keys: Keys,
     client: Client,
     subscriber: SubscriberClient,
@@ -89,6 +95,10 @@ struct Inner {
     bounces: mpsc::UnboundedSender<Bounce>,
     /// Acks waiting to be written.
     acks: mpsc::UnboundedSender<DeviceAck>,
+    /// Where other nodes' users are, as heard from them.
+    replica: Replica,
+    /// Gathers the hot path's commands into one write.
+    window: Window,
     /// When this node last refreshed the expiry of a user's log.
     refreshed: Mutex<HashMap<UserId, tokio::time::Instant>>,
     last_beat_ms: AtomicU64,
@@ -159,6 +169,10 @@ impl RedisBackend {
             bounces,
             acks,
             refreshed: Mutex::new(HashMap::new()),
+            replica: Replica::default(),
+            window: Window::new(Duration::from_micros(
+                std::env::var("SB_WINDOW_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+            )),
             last_beat_ms: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
             beat_now: Notify::new(),
@@ -169,6 +183,7 @@ impl RedisBackend {
             tasks: TaskTracker::new(),
             publishers: TaskTracker::new(),
             keys,
+            node: Arc::from(settings.node_id.as_str()),
             settings,
             client,
             subscriber,
@@ -193,10 +208,19 @@ impl RedisBackend {
         // Opened before the first heartbeat, so that its probe is not missed.
         let messages = inner.subscriber.message_rx();
         inner.beat().await?;
+        // What every node holds now, then tell them to keep us posted.
+        for peer in inner.replica.peers() {
+            inner.snapshot(&peer).await?;
+        }
+        inner.announce(&switchboard_protocol::Item::Hello);
         inner.tasks.spawn(inner.clone().listen(messages));
         inner.tasks.spawn(inner.clone().bouncer(bounced));
         inner.tasks.spawn(inner.clone().acker(acked));
         inner.tasks.spawn(inner.clone().heartbeat());
+        inner.tasks.spawn({
+            let inner = inner.clone();
+            async move { inner.window.run(inner.stop.clone()).await }
+        });
         Ok(Self { inner })
     }
 
@@ -220,6 +244,9 @@ impl RedisBackend {
         let (registered, stored) =
             tokio::join!(inner.register(user, connecting.conn), inner.client.get(inner.keys.epoch()));
         registered?;
+        if connecting.first {
+            inner.announce(&switchboard_protocol::Item::Online { user: user.clone() });
+        }
         // A new connection learns at once when Redis lost its state, not at
         // the next heartbeat; the heartbeat then registers the others again.
         if inner.adopt_epoch(stored?).await? {
@@ -229,7 +256,10 @@ impl RedisBackend {
         Ok(Connected { replay, epoch: self.epoch(), seq, cursor })
     }
 
-    pub async fn disconnect(&self, user: &UserId, conn: Uuid) -> Result<(), BackendError> {
+    pub async fn disconnect(&self, user: &UserId, conn: Uuid, last: bool) -> Result<(), BackendError> {
+        if last {
+            self.inner.announce(&switchboard_protocol::Item::Offline { user: user.clone() });
+        }
         self.inner.unregister(user, conn).await
     }
 
@@ -271,7 +301,11 @@ impl RedisBackend {
 
 impl Inner {
     fn me(&self) -> &str {
-        &self.settings.node_id
+        &self.node
+    }
+
+    fn me_shared(&self) -> Arc<str> {
+        self.node.clone()
     }
 
     fn ttl_ms(&self) -> u64 {

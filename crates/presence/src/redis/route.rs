@@ -36,37 +36,36 @@ pub(super) enum Queued {
 
 /// Where a user's live-only messages went lately.
 pub(super) struct Recent {
-    nodes: Vec<String>,
+    nodes: Vec<Arc<str>>,
     at: Instant,
 }
 
 impl Inner {
     /// Hands `letter` to each recipient's connections: on this node
     /// directly, on every other node in one item per node. How many places
-    /// each recipient was reached at.
+    /// each recipient was reached at (a node taken for dead counts for
+    /// none).
     ///
-    /// A node taken for dead gets logged messages too: it may be back
-    /// before this node's next heartbeat says so; a publish that finds
-    /// nobody leaves the message in the log.
+    /// A node taken for dead gets the item all the same: it may be back
+    /// before this node's next heartbeat says so. A publish that finds
+    /// nobody leaves a logged message in the log, and has the publisher
+    /// store a live-only one (in order, after what it stored before).
     pub(super) fn deliver(
         self: &Arc<Self>,
         letter: &Arc<Letter>,
-        routes: Vec<(UserId, Option<u64>, Vec<String>)>,
+        routes: Vec<(UserId, Option<u64>, Vec<Arc<str>>)>,
     ) -> Reached {
         let mut reached = Reached::with_capacity(routes.len());
-        let mut remote: HashMap<String, Vec<Addressee>> = HashMap::new();
+        let mut remote: HashMap<Arc<str>, Vec<Addressee>> = HashMap::new();
         for (user, seq, nodes) in routes {
             let mut count = 0;
             for node in nodes {
-                if node == self.me() {
+                if *node == *self.me() {
                     let arrival = Arrival { letter: letter.clone(), to: user.clone(), seq };
                     count += self.local.push(&user, &Push::Message(Arc::new(arrival)));
                 } else {
-                    let alive = self.is_alive(&node);
-                    if alive || seq.is_some() {
-                        remote.entry(node).or_default().push(Addressee { user: user.clone(), seq });
-                    }
-                    count += usize::from(alive);
+                    count += usize::from(self.is_alive(&node));
+                    remote.entry(node).or_default().push(Addressee { user: user.clone(), seq });
                 }
             }
             reached.insert(user, count);
@@ -123,8 +122,8 @@ impl Inner {
     }
 
     /// Notes that live-only messages for `user` went to `nodes`.
-    pub(super) fn sent_live(&self, user: &UserId, nodes: &[String]) {
-        let remote: Vec<String> = nodes.iter().filter(|node| *node != self.me()).cloned().collect();
+    pub(super) fn sent_live(&self, user: &UserId, nodes: &[Arc<str>]) {
+        let remote: Vec<Arc<str>> = nodes.iter().filter(|node| ***node != *self.me()).cloned().collect();
         if remote.is_empty() {
             return;
         }
@@ -140,7 +139,7 @@ impl Inner {
         if recent.at.elapsed() > COMMAND_TIMEOUT * 2 {
             return;
         }
-        let (dead, alive): (Vec<String>, Vec<String>) = recent.nodes.into_iter().partition(|n| !self.is_alive(n));
+        let (dead, alive): (Vec<Arc<str>>, Vec<Arc<str>>) = recent.nodes.into_iter().partition(|n| !self.is_alive(n));
         let fences: Vec<_> = alive
             .iter()
             .map(|node| {
@@ -155,7 +154,7 @@ impl Inner {
         let waits = fences.into_iter().map(|(_, fenced)| fenced);
         let all = async {
             tokio::join!(
-                self.publishers_caught_up(dead.iter().map(String::as_str)),
+                self.publishers_caught_up(dead.iter().map(|node| &**node)),
                 futures_util::future::join_all(waits)
             )
         };
@@ -232,7 +231,8 @@ impl Inner {
                 return;
             }
         };
-        match self.client.spublish::<i64, _, _>(channel, Value::Bytes(bytes.into())).await {
+        self.window.wait().await;
+        match Box::pin(self.client.spublish::<i64, _, _>(channel, Value::Bytes(bytes.into()))).await {
             Ok(0) if node != self.me() => {
                 tracing::info!(node, "no subscriber on the node's channel: treating it as gone");
                 self.dead.write().unwrap_or_else(|e| e.into_inner()).insert(node.to_owned());
@@ -268,6 +268,7 @@ impl Inner {
                         };
                         match kept {
                             Ok(Taken::Route { seq, nodes }) => {
+                                self.replica.repair(&addressee.user, &nodes, self.me());
                                 let nodes = nodes.into_iter().filter(|n| self.is_alive(n)).collect();
                                 self.deliver(&letter, vec![(addressee.user, seq, nodes)]);
                             }
@@ -284,7 +285,7 @@ impl Inner {
                 }
                 // Our own fence: what preceded it is handled above.
                 Item::Fence { id } => self.fenced(id),
-                Item::Fenced { .. } | Item::Probe => {}
+                Item::Fenced { .. } | Item::Probe | Item::Online { .. } | Item::Offline { .. } | Item::Hello => {}
             }
         }
     }

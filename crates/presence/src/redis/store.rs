@@ -12,7 +12,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fred::bytes::Bytes;
@@ -57,15 +57,7 @@ pub(super) enum Taken {
     Duplicate { msg: MsgId, status: AcceptStatus },
     /// To hand to the recipient's connections on `nodes` (this node among
     /// them, when it holds some).
-    Route { seq: Option<u64>, nodes: Vec<String> },
-}
-
-/// What the dedupe record of a fast-mode send says once it found nobody.
-enum Dedupe {
-    /// Check for an earlier send, and record this one.
-    Check,
-    /// The record was written already: correct its status to `stored`.
-    Stored,
+    Route { seq: Option<u64>, nodes: Vec<Arc<str>> },
 }
 
 impl Inner {
@@ -73,12 +65,19 @@ impl Inner {
         let msg = MsgId::new();
         let letter = Arc::new(letter_of(&outgoing, msg, self.me()));
         let logs = !outgoing.ephemeral;
-        let entry = if logs { Some(Bytes::from(letter.encode().map_err(corrupt)?)) } else { None };
+        // Encoded once for every recipient it is logged for, if any.
+        let entry = LogEntry { letter: &letter, bytes: OnceLock::new() };
         let users = outgoing.to.users();
-        let taken = try_join_all(users.iter().map(|to| self.take(&outgoing, to, msg, entry.as_ref()))).await?;
+        self.window.wait().await;
+        let taken = match users {
+            [to] => vec![self.take(&outgoing, to, &entry).await?],
+            _ => try_join_all(users.iter().map(|to| self.take(&outgoing, to, &entry))).await?,
+        };
         let mut duplicate = None;
         let mut recipients = Vec::with_capacity(users.len());
         let mut routes = Vec::with_capacity(users.len());
+        // Recipients whose dedupe record guessed `routed`, from presence.
+        let mut guessed = Vec::new();
         for (to, taken) in users.iter().zip(taken) {
             match taken {
                 Taken::Duplicate { msg, status } => {
@@ -86,108 +85,106 @@ impl Inner {
                     recipients.push((to.clone(), status));
                 }
                 Taken::Route { seq, nodes } => {
-                    recipients.push((to.clone(), AcceptStatus::Stored));
+                    if !nodes.is_empty() {
+                        guessed.push(to);
+                    }
+                    recipients.push((to.clone(), if logs { AcceptStatus::Stored } else { AcceptStatus::Offline }));
                     routes.push((to.clone(), seq, nodes));
                 }
             }
         }
         let reached = self.deliver(&letter, routes);
-        let mut accepted = recipients.into_iter();
-        let recipients = accepted
-            .by_ref()
-            .map(|(to, status)| {
-                let status = match reached.get(&to) {
-                    Some(&count) if count > 0 => AcceptStatus::Routed,
-                    Some(_) if !logs => AcceptStatus::Offline,
-                    _ => status,
-                };
-                (to, status)
-            })
-            .collect::<Vec<_>>();
-        if logs {
-            self.correct_records(&outgoing, msg, &recipients).await;
+        for (to, status) in &mut recipients {
+            if reached.get(to).is_some_and(|count| *count > 0) {
+                *status = AcceptStatus::Routed;
+            }
+        }
+        if let (Some(id), true) = (&outgoing.id, logs) {
+            // Those whose presence entries all belonged to dead nodes.
+            let wrong =
+                recipients.iter().filter(|(to, status)| *status == AcceptStatus::Stored && guessed.contains(&to));
+            for (to, _) in wrong {
+                self.correct_record(&self.keys.sent(to, &outgoing.from, id), msg).await;
+            }
         }
         Ok(Accepted::of(duplicate.unwrap_or(msg), recipients, duplicate.is_some()))
     }
 
-    /// Dedupes, logs as the mode says, and looks up one recipient.
+    /// Dedupes, logs as the mode says, and finds one recipient.
+    ///
+    /// Fast mode asks Redis only for the dedupe record when the replica
+    /// knows where the recipient is; otherwise the message is logged, and
+    /// routed where Redis says the recipient is.
     async fn take(
         self: &Arc<Self>,
         outgoing: &Outgoing,
         to: &UserId,
-        msg: MsgId,
-        entry: Option<&Bytes>,
+        entry: &LogEntry<'_>,
     ) -> Result<Taken, BackendError> {
         let sent = outgoing.id.as_ref().map(|id| self.keys.sent(to, &outgoing.from, id));
-        let Some(entry) = entry else {
-            // Ephemeral: where the recipient is now, and nothing else.
-            return Ok(Taken::Route { seq: None, nodes: self.nodes_of(to).await? });
-        };
-        if self.settings.mode == Mode::Durable {
-            return self.append(to, msg, entry, sent.map(|key| (key, Dedupe::Check))).await;
+        if self.settings.mode == Mode::Durable && !outgoing.ephemeral {
+            return self.append(to, entry, sent).await;
         }
-        let (previous, nodes) = match &sent {
-            Some(key) => {
-                let record = format!("{msg}:{}", AcceptStatus::Routed.as_str());
-                let expiry = Some(Expiration::PX(super::ttl_i64(millis(DEDUPE_WINDOW))));
-                let (previous, nodes) = tokio::join!(
-                    self.client.set::<Option<String>, _, _>(key.as_str(), record, expiry, Some(SetOptions::NX), true),
-                    self.nodes_of(to),
-                );
-                (previous?, nodes?)
-            }
-            None => (None, self.nodes_of(to).await?),
-        };
-        if let Some(previous) = previous {
-            return parse_record(&previous);
-        }
-        let live: Vec<String> = nodes.into_iter().filter(|node| self.is_alive(node)).collect();
-        if !live.is_empty() {
-            self.sent_live(to, &live);
+        let live = self.live_nodes(to);
+        if outgoing.ephemeral {
+            // Where the recipient is now, and nothing else.
             return Ok(Taken::Route { seq: None, nodes: live });
         }
-        // Nobody live: stored, after whatever this node sent the user live
-        // before has been handled, so that it does not overtake that.
-        self.settle(to).await;
-        self.append(to, msg, entry, sent.map(|key| (key, Dedupe::Stored))).await
+        if live.is_empty() {
+            // Nobody live: stored, after whatever this node sent the user
+            // live before has been handled, so that it does not overtake it.
+            Box::pin(self.settle(to)).await;
+            let taken = self.append(to, entry, sent).await?;
+            if let Taken::Route { nodes, .. } = &taken {
+                self.replica.repair(to, nodes, self.me());
+            }
+            return Ok(taken);
+        }
+        if let Some(key) = sent {
+            let record = format!("{}:{}", entry.letter.msg, AcceptStatus::Routed.as_str());
+            let expiry = Some(Expiration::PX(super::ttl_i64(millis(DEDUPE_WINDOW))));
+            let previous: Option<String> =
+                Box::pin(self.client.set(key, record, expiry, Some(SetOptions::NX), true)).await?;
+            if let Some(previous) = previous {
+                return parse_record(&previous);
+            }
+        }
+        self.sent_live(to, &live);
+        Ok(Taken::Route { seq: None, nodes: live })
+    }
+
+    /// Where `to`'s connections are, by this node's hub and its replica,
+    /// without the nodes taken for dead.
+    fn live_nodes(&self, to: &UserId) -> Vec<Arc<str>> {
+        let mut nodes = self.replica.nodes(to);
+        nodes.retain(|node| self.is_alive(node));
+        if self.local.connections(to) > 0 {
+            nodes.push(self.me_shared());
+        }
+        nodes
     }
 
     /// Runs the `append` script: logs `entry` for `to` and looks `to` up.
-    async fn append(
-        &self,
-        to: &UserId,
-        msg: MsgId,
-        entry: &Bytes,
-        dedupe: Option<(String, Dedupe)>,
-    ) -> Result<Taken, BackendError> {
+    async fn append(&self, to: &UserId, entry: &LogEntry<'_>, dedupe: Option<String>) -> Result<Taken, BackendError> {
         let mut keys = vec![self.keys.log(to), self.keys.seq(to), self.keys.user_conns(to)];
-        let mode = match dedupe {
-            Some((key, mode)) => {
-                keys.push(key);
-                mode
-            }
-            None => Dedupe::Check,
-        };
+        keys.extend(dedupe);
         let args: Vec<Value> = vec![
-            msg.to_string().into(),
-            Value::Bytes(entry.clone()),
+            entry.letter.msg.to_string().into(),
+            Value::Bytes(entry.bytes()?),
             self.settings.inbox_max_len.to_string().into(),
             self.log_expiry(to).into(),
             millis(DEDUPE_WINDOW).to_string().into(),
-            match mode {
-                Dedupe::Check => "check",
-                Dedupe::Stored => "stored",
-            }
-            .into(),
         ];
-        let reply: Value = self.scripts.append.evalsha_with_reload(&self.client, keys, args).await?;
+        let reply: Value = Box::pin(self.scripts.append.evalsha_with_reload(&self.client, keys, args)).await?;
         let Value::Array(mut parts) = reply else { return Err(corrupt("append reply")) };
         if parts.len() == 1 {
             let previous = parts.pop().and_then(|v| v.into_string()).ok_or_else(|| corrupt("append reply"))?;
             return parse_record(&previous);
         }
         let nodes = match parts.pop() {
-            Some(Value::Array(nodes)) => nodes.into_iter().filter_map(|v| v.into_string()).collect(),
+            Some(Value::Array(nodes)) => {
+                nodes.into_iter().filter_map(|v| v.as_str().map(|node| Arc::from(&*node))).collect()
+            }
             _ => Vec::new(),
         };
         let seq = parts.pop().and_then(|v| v.as_u64()).ok_or_else(|| corrupt("append reply"))?;
@@ -199,28 +196,23 @@ impl Inner {
     /// no dedupe (the sender's node recorded it), routed where the
     /// recipient is now.
     pub(super) async fn store_bounced(&self, letter: &Letter, to: &UserId) -> Result<Taken, BackendError> {
-        let entry = Bytes::from(letter.encode().map_err(corrupt)?);
-        self.append(to, letter.msg, &entry, None).await
+        self.append(to, &LogEntry { letter, bytes: OnceLock::new() }, None).await
     }
 
     /// The nodes holding `to`'s connections, as presence lists them.
-    pub(super) async fn nodes_of(&self, to: &UserId) -> Result<Vec<String>, BackendError> {
-        Ok(self.client.hvals(self.keys.user_conns(to)).await?)
+    pub(super) async fn nodes_of(&self, to: &UserId) -> Result<Vec<Arc<str>>, BackendError> {
+        let nodes: Vec<String> = Box::pin(self.client.hvals(self.keys.user_conns(to))).await?;
+        Ok(nodes.into_iter().map(Arc::from).collect())
     }
 
-    /// The dedupe records guessed `routed` from presence entries; those of
-    /// recipients whose entries all belonged to dead nodes say `stored`.
-    async fn correct_records(&self, outgoing: &Outgoing, msg: MsgId, recipients: &[(UserId, AcceptStatus)]) {
-        let (Some(id), Mode::Durable) = (&outgoing.id, self.settings.mode) else { return };
-        for (to, status) in recipients.iter().filter(|(_, status)| *status == AcceptStatus::Stored) {
-            let record = format!("{msg}:{}", status.as_str());
-            let key = self.keys.sent(to, &outgoing.from, id);
-            let corrected: Result<Option<String>, _> =
-                self.client.set(key, record, Some(Expiration::KEEPTTL), Some(SetOptions::XX), false).await;
-            if let Err(error) = corrected {
-                self.counters.backend_errors.inc();
-                tracing::warn!(%error, "dedupe record not corrected");
-            }
+    /// A dedupe record that guessed `routed` for a send that reached nobody.
+    async fn correct_record(&self, key: &str, msg: MsgId) {
+        let record = format!("{msg}:{}", AcceptStatus::Stored.as_str());
+        let corrected: Result<Option<String>, _> =
+            Box::pin(self.client.set(key, record, Some(Expiration::KEEPTTL), Some(SetOptions::XX), false)).await;
+        if let Err(error) = corrected {
+            self.counters.backend_errors.inc();
+            tracing::warn!(%error, "dedupe record not corrected");
         }
     }
 
@@ -346,7 +338,7 @@ impl Inner {
                 ack.cursor.to_text().into(),
                 millis(self.settings.device_ttl).to_string().into(),
             ];
-            let due: Vec<u64> = self.scripts.ack.evalsha_with_reload(&self.client, keys, args).await?;
+            let due: Vec<u64> = Box::pin(self.scripts.ack.evalsha_with_reload(&self.client, keys, args)).await?;
             due.into_iter().collect()
         } else {
             BTreeSet::new()
@@ -355,6 +347,22 @@ impl Inner {
             self.send_receipt(&reply.node, from, receipt);
         }
         Ok(())
+    }
+}
+
+/// A letter and, once it is logged, its log entry.
+struct LogEntry<'a> {
+    letter: &'a Letter,
+    bytes: OnceLock<Bytes>,
+}
+
+impl LogEntry<'_> {
+    fn bytes(&self) -> Result<Bytes, BackendError> {
+        if let Some(bytes) = self.bytes.get() {
+            return Ok(bytes.clone());
+        }
+        let bytes = Bytes::from(self.letter.encode().map_err(corrupt)?);
+        Ok(self.bytes.get_or_init(|| bytes).clone())
     }
 }
 
