@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// A node whose liveness key is older than this is dead.
     #[arg(long, env = "SWITCHBOARD_NODE_TTL", default_value = "10s", value_parser = duration)]
     pub node_ttl: Duration,
+    /// Redis commands of many messages issued within this long go out in one write ("0s": each at once).
+    #[arg(long, env = "SWITCHBOARD_REDIS_BATCH_WINDOW", default_value = "1ms", value_parser = duration)]
+    pub redis_batch_window: Duration,
     /// HS256 secret for client tokens.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -148,6 +151,7 @@ pub struct Config {
     pub redis_prefix: String,
     pub node_id: String,
     pub node_ttl: Duration,
+    pub redis_batch_window: Duration,
     pub jwt_secret: Option<String>,
     pub jwt_audience: Option<String>,
     pub api_key: Option<String>,
@@ -203,6 +207,9 @@ impl ServeArgs {
         }
         if self.node_ttl < Duration::from_secs(1) {
             return bad("node-ttl", "must be at least 1s");
+        }
+        if self.redis_batch_window > Duration::from_millis(100) {
+            return bad("redis-batch-window", "must be at most 100ms");
         }
         if self.max_frame_bytes < 256 {
             return bad("max-frame-bytes", "must be at least 256");
@@ -261,6 +268,7 @@ impl ServeArgs {
             redis_prefix: self.redis_prefix,
             node_id,
             node_ttl: self.node_ttl,
+            redis_batch_window: self.redis_batch_window,
             jwt_secret: self.jwt_secret,
             jwt_audience: self.jwt_audience,
             api_key: self.api_key,

@@ -52,6 +52,7 @@ pub async fn serve(
         device_ttl: config.device_ttl,
         node_ttl: config.node_ttl,
         prefix: config.redis_prefix.clone(),
+        batch_window: config.redis_batch_window,
     };
     let backend = match &config.redis_url {
         Some(url) => Backend::redis(url, settings, hub.clone(), counters).await?,

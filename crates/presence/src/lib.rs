@@ -52,6 +52,9 @@ pub struct Settings {
     pub node_ttl: Duration,
     /// Prefix of every Redis key and channel.
     pub prefix: String,
+    /// Redis commands of the hot path issued within this long go out in
+    /// one write; zero: each as soon as it is issued.
+    pub batch_window: Duration,
 }
 
 /// The counters a backend moves; registered by the caller.
@@ -162,6 +165,9 @@ pub struct Connected {
     pub seq: u64,
     /// What the device has acked so far.
     pub cursor: Cursor,
+    /// What the user's other devices seen lately had all acked, when there
+    /// are any: with the device's own cursor, what may be trimmed.
+    pub others: Option<Cursor>,
 }
 
 /// A message a connection wrote and its client acked: what the receipt
@@ -183,6 +189,9 @@ pub struct DeviceAck {
     pub cursor: Cursor,
     /// The messages acked in this burst.
     pub acked: Vec<Acked>,
+    /// Every device seen lately has acked up to here: the log may be
+    /// trimmed so far (the backend may also trim by its own count).
+    pub trim: Option<u64>,
 }
 
 /// The backend of one node.

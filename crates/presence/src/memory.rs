@@ -104,7 +104,8 @@ impl MemoryBackend {
         log.devices.insert(connecting.device.clone(), Device { cursor: cursor.clone(), seen: now });
         let from = connecting.since.map_or_else(|| cursor.clone(), Cursor::at);
         let replay = log.after(&from, &connecting.user);
-        Connected { replay, epoch: state.epoch, seq: log.seq, cursor }
+        // Memory trims by its own count of every device.
+        Connected { replay, epoch: state.epoch, seq: log.seq, cursor, others: None }
     }
 
     pub fn send(&self, outgoing: Outgoing) -> Accepted {

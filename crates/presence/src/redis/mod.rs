@@ -95,6 +95,8 @@ struct Inner {
     bounces: mpsc::UnboundedSender<Bounce>,
     /// Acks waiting to be written.
     acks: mpsc::UnboundedSender<DeviceAck>,
+    /// Appends waiting for the flush window.
+    appends: Mutex<Vec<store::Append>>,
     /// Where other nodes' users are, as heard from them.
     replica: Replica,
     /// Gathers the hot path's commands into one write.
@@ -168,11 +170,10 @@ impl RedisBackend {
             next_fence: AtomicU64::new(0),
             bounces,
             acks,
+            appends: Mutex::new(Vec::new()),
             refreshed: Mutex::new(HashMap::new()),
             replica: Replica::default(),
-            window: Window::new(Duration::from_micros(
-                std::env::var("SB_WINDOW_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
-            )),
+            window: Window::new(settings.batch_window),
             last_beat_ms: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
             beat_now: Notify::new(),
@@ -252,8 +253,8 @@ impl RedisBackend {
         if inner.adopt_epoch(stored?).await? {
             inner.beat_now.notify_one();
         }
-        let (seq, cursor, replay) = inner.open_log(connecting).await?;
-        Ok(Connected { replay, epoch: self.epoch(), seq, cursor })
+        let connected = inner.open_log(connecting).await?;
+        Ok(Connected { epoch: self.epoch(), ..connected })
     }
 
     pub async fn disconnect(&self, user: &UserId, conn: Uuid, last: bool) -> Result<(), BackendError> {

@@ -1,33 +1,38 @@
 //! What must be in Redis before the sender hears `accepted`, and what acks
 //! change there.
 //!
-//! A logged message is one `append` script call on its recipient's slot:
-//! the dedupe check, the seq, the log entry and the presence lookup in one
-//! atomic step, so that a message stored while its recipient connects is
-//! found by the recipient's replay or routed to its new connection. A
-//! fast-mode message to a live recipient costs one plain `SET NX GET` (the
-//! dedupe record) and one `HVALS` (where the recipient is), sent together.
-//! Every recipient of a send is handled concurrently, so the client writes
-//! their commands to Redis together.
+//! A logged message is one entry of the `append` script: its dedupe check,
+//! its seq and its log entry in one atomic step on the recipient's slot,
+//! followed on the same connection by a lookup of where the recipient is,
+//! so that a message stored while its recipient connects is found by the
+//! recipient's replay or routed to its new connection. The appends of one
+//! flush window go in one script call (per slot on Redis Cluster), which
+//! the client writes in one go. A fast-mode message to a live recipient
+//! costs one plain `SET NX GET` (the dedupe record).
+//!
+//! An ack is plain commands: the device's cursor, a claim on the dedupe
+//! record of each message whose sender waits for a receipt (the first
+//! claim sends it), and from time to time a trim of the log.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fred::bytes::Bytes;
-use fred::interfaces::{HashesInterface, KeysInterface, StreamsInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface, StreamsInterface};
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions, Value};
 use futures_util::future::try_join_all;
 use switchboard_protocol::{AcceptStatus, DeviceId, Letter, MsgId, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use super::{Inner, millis, now_ms};
 use crate::cursor::Cursor;
 use crate::{
-    Accepted, Arrival, BackendError, Connecting, DEDUPE_WINDOW, DeviceAck, Mode, Outgoing, expired, letter_of,
-    receipts_due,
+    Accepted, Arrival, BackendError, Connected, Connecting, DEDUPE_WINDOW, DeviceAck, Mode, Outgoing, expired,
+    letter_of, receipt_for,
 };
 
 /// A user's log expiry is refreshed at most this often by one node (and
@@ -35,9 +40,11 @@ use crate::{
 /// skipped when read.
 const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 
+/// Appends in one script call at most.
+const MAX_APPENDS: usize = 128;
+
 pub(super) struct Scripts {
     append: Script,
-    ack: Script,
     connect: Script,
 }
 
@@ -45,10 +52,28 @@ impl Scripts {
     pub(super) fn new() -> Self {
         Self {
             append: Script::from_lua(include_str!("append.lua")),
-            ack: Script::from_lua(concat!(include_str!("cursor.lua"), include_str!("ack.lua"))),
-            connect: Script::from_lua(concat!(include_str!("cursor.lua"), include_str!("connect.lua"))),
+            connect: Script::from_lua(include_str!("connect.lua")),
         }
     }
+}
+
+/// An append waiting for its flush window.
+pub(super) struct Append {
+    user: UserId,
+    /// The dedupe key and the record to leave there.
+    dedupe: Option<(String, String)>,
+    entry: Bytes,
+    done: oneshot::Sender<Result<Appended, BackendError>>,
+}
+
+/// What the script did with one append, and where its recipient is.
+enum Appended {
+    /// A repeated send id: nothing was logged.
+    Duplicate(String),
+    Logged {
+        seq: u64,
+        nodes: Vec<Arc<str>>,
+    },
 }
 
 /// What became of a send for one recipient.
@@ -122,27 +147,31 @@ impl Inner {
         entry: &LogEntry<'_>,
     ) -> Result<Taken, BackendError> {
         let sent = outgoing.id.as_ref().map(|id| self.keys.sent(to, &outgoing.from, id));
-        if self.settings.mode == Mode::Durable && !outgoing.ephemeral {
-            return self.append(to, entry, sent).await;
-        }
         let live = self.live_nodes(to);
         if outgoing.ephemeral {
             // Where the recipient is now, and nothing else.
             return Ok(Taken::Route { seq: None, nodes: live });
         }
+        // The dedupe record's status is a guess from the replica, checked
+        // once the message is routed.
+        let guess = if live.is_empty() { AcceptStatus::Stored } else { AcceptStatus::Routed };
+        let record = |key: String| (key, format!("{}:{}", entry.letter.msg, guess.as_str()));
+        if self.settings.mode == Mode::Durable {
+            return self.append(to, entry, sent.map(record)).await;
+        }
         if live.is_empty() {
             // Nobody live: stored, after whatever this node sent the user
             // live before has been handled, so that it does not overtake it.
             Box::pin(self.settle(to)).await;
-            let taken = self.append(to, entry, sent).await?;
+            let taken = self.append(to, entry, sent.map(record)).await?;
             if let Taken::Route { nodes, .. } = &taken {
                 self.replica.repair(to, nodes, self.me());
             }
             return Ok(taken);
         }
-        if let Some(key) = sent {
-            let record = format!("{}:{}", entry.letter.msg, AcceptStatus::Routed.as_str());
+        if let Some((key, record)) = sent.map(record) {
             let expiry = Some(Expiration::PX(super::ttl_i64(millis(DEDUPE_WINDOW))));
+            self.window.wait().await;
             let previous: Option<String> =
                 Box::pin(self.client.set(key, record, expiry, Some(SetOptions::NX), true)).await?;
             if let Some(previous) = previous {
@@ -164,39 +193,120 @@ impl Inner {
         nodes
     }
 
-    /// Runs the `append` script: logs `entry` for `to` and looks `to` up.
-    async fn append(&self, to: &UserId, entry: &LogEntry<'_>, dedupe: Option<String>) -> Result<Taken, BackendError> {
-        let mut keys = vec![self.keys.log(to), self.keys.seq(to), self.keys.user_conns(to)];
-        keys.extend(dedupe);
-        let args: Vec<Value> = vec![
-            entry.letter.msg.to_string().into(),
-            Value::Bytes(entry.bytes()?),
-            self.settings.inbox_max_len.to_string().into(),
-            self.log_expiry(to).into(),
-            millis(DEDUPE_WINDOW).to_string().into(),
-        ];
-        let reply: Value = Box::pin(self.scripts.append.evalsha_with_reload(&self.client, keys, args)).await?;
-        let Value::Array(mut parts) = reply else { return Err(corrupt("append reply")) };
-        if parts.len() == 1 {
-            let previous = parts.pop().and_then(|v| v.into_string()).ok_or_else(|| corrupt("append reply"))?;
-            return parse_record(&previous);
+    /// Logs `entry` for `to` (with the flush window's other appends), then
+    /// looks `to` up.
+    async fn append(
+        &self,
+        to: &UserId,
+        entry: &LogEntry<'_>,
+        dedupe: Option<(String, String)>,
+    ) -> Result<Taken, BackendError> {
+        let (done, appended) = oneshot::channel();
+        let append = Append { user: to.clone(), dedupe, entry: entry.bytes()?, done };
+        self.appends.lock().unwrap_or_else(|e| e.into_inner()).push(append);
+        self.window.wait().await;
+        // The first of the window to get here writes them all.
+        let batch = std::mem::take(&mut *self.appends.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() {
+            Box::pin(self.run_appends(batch)).await;
         }
-        let nodes = match parts.pop() {
-            Some(Value::Array(nodes)) => {
-                nodes.into_iter().filter_map(|v| v.as_str().map(|node| Arc::from(&*node))).collect()
+        match appended.await {
+            Ok(Ok(Appended::Duplicate(previous))) => parse_record(&previous),
+            Ok(Ok(Appended::Logged { seq, nodes })) => {
+                self.counters.inbox_stored.inc();
+                Ok(Taken::Route { seq: Some(seq), nodes })
             }
-            _ => Vec::new(),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(corrupt("append dropped")),
+        }
+    }
+
+    /// Runs one window's appends: one script call per slot (all of them in
+    /// one without Cluster), each followed by the lookups of its recipients.
+    async fn run_appends(&self, batch: Vec<Append>) {
+        let mut groups: HashMap<u16, Vec<Append>> = HashMap::new();
+        let clustered = self.client.is_clustered();
+        for append in batch {
+            let slot = if clustered { fred::util::redis_keyslot(self.keys.log(&append.user).as_bytes()) } else { 0 };
+            groups.entry(slot).or_default().push(append);
+        }
+        let groups = groups.into_values().flat_map(|group| {
+            let mut chunks = Vec::new();
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                chunks.push(group.by_ref().take(MAX_APPENDS).collect::<Vec<_>>());
+            }
+            chunks
+        });
+        futures_util::future::join_all(groups.map(|group| self.run_append_group(group))).await;
+    }
+
+    async fn run_append_group(&self, group: Vec<Append>) {
+        let mut keys = Vec::with_capacity(group.len() * 3);
+        let mut args: Vec<Value> = Vec::with_capacity(group.len() * 4 + 1);
+        for append in &group {
+            let (seq, log) = (self.keys.seq(&append.user), self.keys.log(&append.user));
+            let (dedupe, record) = match &append.dedupe {
+                Some((key, record)) => (key.clone(), record.clone()),
+                None => (seq.clone(), String::new()),
+            };
+            args.extend([
+                record.into(),
+                Value::Bytes(append.entry.clone()),
+                self.settings.inbox_max_len.to_string().into(),
+                self.log_expiry(&append.user).into(),
+            ]);
+            keys.extend([log, seq, dedupe]);
+        }
+        args.push(millis(DEDUPE_WINDOW).to_string().into());
+        // The lookups go right after the script, on the same connection:
+        // each sees presence as of after its message was stored.
+        let answers = loop {
+            let run = Box::pin(self.client.evalsha::<Vec<Value>, _, _, _>(
+                self.scripts.append.sha1().clone(),
+                keys.clone(),
+                args.clone(),
+            ));
+            let lookups = futures_util::future::join_all(group.iter().map(|append| self.nodes_of(&append.user)));
+            match tokio::join!(run, lookups) {
+                (Err(error), _) if error.details().starts_with("NOSCRIPT") => {
+                    if let Err(error) = Box::pin(self.scripts.append.load(&self.client)).await {
+                        break Err(error.into());
+                    }
+                }
+                (answers, lookups) => break answers.map(|answers| (answers, lookups)).map_err(BackendError::from),
+            }
         };
-        let seq = parts.pop().and_then(|v| v.as_u64()).ok_or_else(|| corrupt("append reply"))?;
-        self.counters.inbox_stored.inc();
-        Ok(Taken::Route { seq: Some(seq), nodes })
+        match answers {
+            Ok((answers, lookups)) if answers.len() == group.len() => {
+                for ((append, answer), nodes) in group.into_iter().zip(answers).zip(lookups) {
+                    let appended = match (answer, nodes) {
+                        (Value::Integer(seq), Ok(nodes)) => {
+                            Ok(Appended::Logged { seq: u64::try_from(seq).unwrap_or_default(), nodes })
+                        }
+                        (Value::Integer(_), Err(error)) => Err(error),
+                        (previous, _) => {
+                            previous.into_string().map(Appended::Duplicate).ok_or_else(|| corrupt("append reply"))
+                        }
+                    };
+                    let _ = append.done.send(appended);
+                }
+            }
+            Ok(_) => group.into_iter().for_each(|append| drop(append.done.send(Err(corrupt("append reply"))))),
+            Err(error) => {
+                let message = error.to_string();
+                for append in group {
+                    let _ = append.done.send(Err(BackendError::Corrupt(message.clone())));
+                }
+            }
+        }
     }
 
     /// Logs a live-only message whose recipient was not where it was sent:
     /// no dedupe (the sender's node recorded it), routed where the
     /// recipient is now.
     pub(super) async fn store_bounced(&self, letter: &Letter, to: &UserId) -> Result<Taken, BackendError> {
-        self.append(to, &LogEntry { letter, bytes: OnceLock::new() }, None).await
+        Box::pin(self.append(to, &LogEntry { letter, bytes: OnceLock::new() }, None)).await
     }
 
     /// The nodes holding `to`'s connections, as presence lists them.
@@ -237,8 +347,9 @@ impl Inner {
     }
 
     /// Marks a device seen and reads what it has not acked: the user's
-    /// latest seq, the device's cursor, and the replay.
-    pub(super) async fn open_log(&self, connecting: &Connecting) -> Result<(u64, Cursor, Vec<Arrival>), BackendError> {
+    /// latest seq, the device's cursor, what the other devices acked, and
+    /// the replay.
+    pub(super) async fn open_log(&self, connecting: &Connecting) -> Result<Connected, BackendError> {
         let user = &connecting.user;
         let keys = vec![self.keys.devices(user), self.keys.log(user), self.keys.seq(user)];
         let args: Vec<Value> = vec![
@@ -248,15 +359,16 @@ impl Inner {
             millis(self.settings.device_ttl).to_string().into(),
             self.settings.inbox_max_len.to_string().into(),
         ];
-        let reply: Value = self.scripts.connect.evalsha_with_reload(&self.client, keys, args).await?;
+        let reply: Value = Box::pin(self.scripts.connect.evalsha_with_reload(&self.client, keys, args)).await?;
         let Value::Array(mut parts) = reply else { return Err(corrupt("connect reply")) };
         let entries = parts.pop().ok_or_else(|| corrupt("connect reply"))?;
+        let others = parts.pop().and_then(|v| v.into_string()).and_then(|text| Cursor::from_text(&text));
         let cursor = parts.pop().and_then(|v| v.into_string()).and_then(|text| Cursor::from_text(&text));
         let cursor = cursor.ok_or_else(|| corrupt("connect reply"))?;
         let seq = parts.pop().and_then(|v| v.as_u64()).ok_or_else(|| corrupt("connect reply"))?;
         let skip = if connecting.since.is_some() { Cursor::default() } else { cursor.clone() };
         let replay = self.arrivals(user, entries)?.into_iter().filter(|a| a.seq.is_none_or(|s| !skip.contains(s)));
-        Ok((seq, cursor, replay.collect()))
+        Ok(Connected { replay: replay.collect(), epoch: Uuid::nil(), seq, cursor, others })
     }
 
     /// The user's logged messages after `after`, oldest first.
@@ -291,9 +403,10 @@ impl Inner {
     }
 
     /// Writes the queued acks until the backend stops: whatever is queued
-    /// at once is merged per device, and the devices are written
-    /// concurrently.
+    /// at once is merged per device, and the devices are written together.
     pub(super) async fn acker(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<DeviceAck>) {
+        // When this node last refreshed a device's expiry, by device.
+        let mut refreshed: HashMap<(UserId, DeviceId), tokio::time::Instant> = HashMap::new();
         loop {
             let first = tokio::select! {
                 biased;
@@ -303,6 +416,7 @@ impl Inner {
                     None => return,
                 },
             };
+            self.window.wait().await;
             let mut devices: HashMap<(UserId, DeviceId), DeviceAck> = HashMap::new();
             let mut next = Some(first);
             while let Some(ack) = next {
@@ -311,6 +425,7 @@ impl Inner {
                         let queued = queued.get_mut();
                         queued.cursor.merge(&ack.cursor);
                         queued.acked.extend(ack.acked);
+                        queued.trim = queued.trim.max(ack.trim);
                     }
                     Entry::Vacant(vacant) => {
                         vacant.insert(ack);
@@ -318,7 +433,16 @@ impl Inner {
                 }
                 next = queue.try_recv().ok();
             }
-            let written = futures_util::future::join_all(devices.into_values().map(|ack| self.write_ack(ack))).await;
+            let now = tokio::time::Instant::now();
+            refreshed.retain(|_, at| now.duration_since(*at) < REFRESH_EVERY);
+            let writes = devices.into_iter().map(|(device, ack)| {
+                let refresh = !refreshed.contains_key(&device);
+                if refresh {
+                    refreshed.insert(device, now);
+                }
+                self.write_ack(ack, refresh)
+            });
+            let written = futures_util::future::join_all(writes.collect::<Vec<_>>()).await;
             for error in written.into_iter().filter_map(Result::err) {
                 self.counters.backend_errors.inc();
                 tracing::warn!(%error, "acks not recorded; their messages will be replayed");
@@ -326,27 +450,53 @@ impl Inner {
         }
     }
 
-    /// Records one device's acks and sends the receipts they make due.
-    async fn write_ack(self: &Arc<Self>, ack: DeviceAck) -> Result<(), BackendError> {
+    /// Records one device's acks and sends the receipts they make due:
+    /// the device's cursor as its connection knows it, a claim on the
+    /// dedupe record of each message a sender waits on (the first claim of
+    /// a message, from whichever device, sends its receipt; once the
+    /// record expired every claim does), a trim when one is due.
+    async fn write_ack(self: &Arc<Self>, ack: DeviceAck, refresh: bool) -> Result<(), BackendError> {
+        let user = &ack.user;
+        let devices = self.keys.devices(user);
         let logged = ack.acked.iter().any(|acked| acked.seq.is_some()) || ack.acked.is_empty();
-        let due = if logged {
-            let user = &ack.user;
-            let keys = vec![self.keys.devices(user), self.keys.log(user)];
-            let args: Vec<Value> = vec![
-                ack.device.as_str().into(),
-                now_ms().to_string().into(),
-                ack.cursor.to_text().into(),
-                millis(self.settings.device_ttl).to_string().into(),
+        let cursor = async {
+            if !logged {
+                return Ok(());
+            }
+            let fields = [
+                (format!("c:{}", ack.device), ack.cursor.to_text()),
+                (format!("t:{}", ack.device), now_ms().to_string()),
             ];
-            let due: Vec<u64> = Box::pin(self.scripts.ack.evalsha_with_reload(&self.client, keys, args)).await?;
-            due.into_iter().collect()
-        } else {
-            BTreeSet::new()
+            Box::pin(self.client.hset::<(), _, _>(&devices, fields.to_vec())).await?;
+            if refresh {
+                let ttl = super::ttl_i64(millis(self.settings.device_ttl));
+                Box::pin(self.client.pexpire::<(), _>(&devices, ttl, None)).await?;
+            }
+            if let Some(up_to) = ack.trim {
+                let trim: Value =
+                    Box::pin(self.client.xtrim(self.keys.log(user), ("MINID", format!("0-{}", up_to + 1)))).await?;
+                drop(trim);
+            }
+            Ok::<_, BackendError>(())
         };
-        for (reply, from, receipt) in receipts_due(&ack, &due) {
-            self.send_receipt(&reply.node, from, receipt);
+        let claims = ack.acked.iter().filter_map(|acked| {
+            let reply = acked.reply.as_ref()?;
+            let key = self.keys.sent(user, &acked.from, &reply.id);
+            let claimed = format!("{}:{}:r", acked.msg, AcceptStatus::Routed.as_str());
+            Some(async move {
+                let previous: Option<String> =
+                    Box::pin(self.client.set(key, claimed, Some(Expiration::KEEPTTL), Some(SetOptions::XX), true))
+                        .await?;
+                Ok::<_, BackendError>(previous.is_none_or(|record| !record.ends_with(":r")).then_some((acked, reply)))
+            })
+        });
+        let (cursor, claims) = tokio::join!(cursor, futures_util::future::join_all(claims.collect::<Vec<_>>()));
+        for claim in claims {
+            if let Some((acked, reply)) = claim? {
+                self.send_receipt(&reply.node, acked.from.clone(), receipt_for(acked.msg, reply, user));
+            }
         }
-        Ok(())
+        cursor
     }
 }
 
@@ -369,6 +519,8 @@ impl LogEntry<'_> {
 /// Reads a dedupe record, `msg:status`.
 fn parse_record(record: &str) -> Result<Taken, BackendError> {
     let corrupt = || corrupt(format!("dedupe record {record:?}"));
+    // `msg:status`, and `:r` after it once a recipient acked it.
+    let record = record.strip_suffix(":r").unwrap_or(record);
     let (msg, status) = record.split_once(':').ok_or_else(corrupt)?;
     let msg = MsgId::parse(msg).map_err(|_| corrupt())?;
     let status = match status {

@@ -53,12 +53,7 @@ impl Window {
                 }
                 () = self.wanted.notified() => {}
             }
-            if self.width <= Duration::from_micros(1) {
-                tokio::task::yield_now().await;
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(self.width).await;
-            }
+            tokio::time::sleep(self.width).await;
             self.closed.notify_waiters();
         }
     }
