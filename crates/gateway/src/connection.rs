@@ -217,7 +217,9 @@ where
             return end;
         }
         self.node.metrics.inbox_replayed.inc_by(replay.len() as u64);
-        if let Err(end) = self.replay(replay).await {
+        // What the backend chose: past the device's cursor, or past `since`
+        // (acked or not).
+        if let Err(end) = self.replay(replay, Skip::Written).await {
             return end;
         }
 
@@ -297,7 +299,7 @@ where
         while let Some(push) = next {
             match push {
                 Push::Message(arrival) => {
-                    if self.write_arrival(&arrival)? {
+                    if self.write_arrival(&arrival, Skip::Acked)? {
                         let routed = unix_micros().saturating_sub(arrival.letter.received_us);
                         self.node.metrics.route_seconds.observe(Duration::from_micros(routed).as_secs_f64());
                     }
@@ -312,11 +314,12 @@ where
         Ok(repair)
     }
 
-    /// Writes one message unless this connection wrote it already or its
-    /// device acked it; whether it was written.
-    fn write_arrival(&mut self, arrival: &Arrival) -> Result<bool, End> {
+    /// Writes one message unless this connection wrote it already or (when
+    /// `unless_acked`) its device acked it; whether it was written.
+    fn write_arrival(&mut self, arrival: &Arrival, unless_acked: Skip) -> Result<bool, End> {
         let Arrival { letter, to, seq } = arrival;
-        if seq.is_some_and(|seq| self.cursor.contains(seq)) || self.unacked.contains_key(&letter.msg) {
+        let acked = unless_acked == Skip::Acked && seq.is_some_and(|seq| self.cursor.contains(seq));
+        if acked || self.unacked.contains_key(&letter.msg) {
             return Ok(false);
         }
         // Remembered until acked, when there is anything to ack: a seq to
@@ -334,12 +337,12 @@ where
         Ok(true)
     }
 
-    /// Writes what the device has not acked, oldest first, waiting for the
-    /// socket between messages rather than queueing them all.
-    async fn replay(&mut self, arrivals: Vec<Arrival>) -> Result<(), End> {
+    /// Writes log entries oldest first, waiting for the socket between
+    /// messages rather than queueing them all.
+    async fn replay(&mut self, arrivals: Vec<Arrival>, skip: Skip) -> Result<(), End> {
         for arrival in &arrivals {
             self.drained().await?;
-            self.write_arrival(arrival)?;
+            self.write_arrival(arrival, skip)?;
         }
         self.flush()
     }
@@ -349,7 +352,7 @@ where
     /// not written yet.
     async fn repair(&mut self) -> Result<(), End> {
         match self.node.backend.read_log(&self.session.user, self.cursor.up_to).await {
-            Ok(arrivals) => self.replay(arrivals).await,
+            Ok(arrivals) => self.replay(arrivals, Skip::Acked).await,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
                 tracing::warn!(conn = %self.session.conn, user = %self.session.user, %error, "log not read for a repair");
@@ -617,6 +620,15 @@ where
     if sent {
         let _ = timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
     }
+}
+
+/// Which messages a connection does not write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// Those it wrote already.
+    Written,
+    /// Those it wrote already and those its device acked.
+    Acked,
 }
 
 /// Whether a connection must read its log again.

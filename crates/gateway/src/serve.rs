@@ -43,6 +43,8 @@ pub async fn serve(
         backend_errors: metrics.redis_errors.clone(),
         route_gaps: metrics.route_gaps.clone(),
         envelope_items: metrics.envelope_items.clone(),
+        envelopes_out: metrics.envelopes_out.clone(),
+        envelopes_in: metrics.envelopes_in.clone(),
     };
     let settings = Settings {
         node_id: config.node_id.clone(),

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub send_recipients: Histogram,
     /// Items per envelope published to another node.
     pub envelope_items: Histogram,
+    /// Envelopes published to other nodes and received from them (the
+    /// node's probe of its own channel not counted).
+    pub envelopes_out: IntCounter,
+    pub envelopes_in: IntCounter,
     /// By [`DISCONNECT_REASONS`].
     pub disconnects: IntCounterVec,
     /// By [`ERROR_CODES`].
@@ -85,6 +89,13 @@ impl Metrics {
             ),
         );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
+        let envelopes = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("switchboard_envelopes_total", "Envelopes published to other nodes (out) and from them (in)"),
+                &["direction"],
+            ),
+        );
         let disconnects = register(
             r,
             IntCounterVec::new(Opts::new("switchboard_disconnects_total", "Connections ended, by reason"), &["reason"]),
@@ -175,6 +186,8 @@ impl Metrics {
                         .buckets(COUNT_BUCKETS.to_vec()),
                 ),
             ),
+            envelopes_out: envelopes.with_label_values(&["out"]),
+            envelopes_in: envelopes.with_label_values(&["in"]),
             disconnects,
             client_errors,
             backend_send,
@@ -221,6 +234,7 @@ mod tests {
             "switchboard_messages_total{direction=\"in\",outcome=\"offline\"} 0",
             "switchboard_send_recipients_bucket{le=\"1\"} 0",
             "switchboard_envelope_items_count 0",
+            "switchboard_envelopes_total{direction=\"out\"} 0",
             "switchboard_messages_total{direction=\"out\",outcome=\"delivered\"} 0",
             "switchboard_route_seconds_bucket{le=\"0.001\"} 0",
             "switchboard_redis_errors_total 0",

@@ -65,6 +65,9 @@ pub struct Counters {
     pub route_gaps: prometheus::IntCounter,
     /// Items per envelope published to another node.
     pub envelope_items: prometheus::Histogram,
+    /// Envelopes published to other nodes, and received from them.
+    pub envelopes_out: prometheus::IntCounter,
+    pub envelopes_in: prometheus::IntCounter,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -109,6 +109,9 @@ impl Inner {
     }
 
     fn receive(self: &Arc<Self>, envelope: Envelope) {
+        if envelope.node != self.me() {
+            self.counters.envelopes_in.inc();
+        }
         let gap = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
             let last = heard.entry(envelope.node.clone()).or_insert((envelope.stream, envelope.seq - 1));

@@ -212,7 +212,10 @@ impl Inner {
             }
             if !items.is_empty() {
                 seq += 1;
-                self.counters.envelope_items.observe(items.len() as f64);
+                if node != self.me() {
+                    self.counters.envelope_items.observe(items.len() as f64);
+                    self.counters.envelopes_out.inc();
+                }
                 self.publish_batch(&node, &channel, Envelope { node: self.me().to_owned(), stream, seq, items }).await;
             }
             if let Some(done) = caught_up {
