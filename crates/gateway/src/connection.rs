@@ -37,8 +37,8 @@ use crate::node::Node;
 const WRITE_BATCH: usize = 64;
 /// Delivered messages remembered for receipts until acked.
 const UNACKED_CAP: usize = 4096;
-/// The log is trimmed once this many more messages are acked by every
-/// device (and in any case when a device connects).
+/// A connection asks for a trim of what every device acked once its
+/// device acked this many more messages (and a connecting device trims).
 const TRIM_EVERY: u64 = 16;
 
 /// Who is on the other end, settled by the upgrade.
@@ -120,12 +120,8 @@ struct Connection<S> {
     cursor: Cursor,
     /// The highest seq written here: a cumulative ack reaches no further.
     highest: u64,
-    /// What the user's other devices had all acked when this connection
-    /// opened (they only ack more since): with `cursor`, what may be
-    /// trimmed. Boxed: most users have one device.
-    others: Option<Box<Cursor>>,
-    /// The log was last trimmed up to here, by this connection.
-    trimmed: u64,
+    /// Where the cursor was when this connection last asked for a trim.
+    trim_asked: u64,
     /// Written and not yet acked: for the ack and its receipt, and to skip
     /// a message that arrives twice (live and by replay).
     unacked: BTreeMap<MsgId, Acked>,
@@ -148,8 +144,7 @@ where
             backlogged: false,
             cursor: Cursor::default(),
             highest: 0,
-            others: None,
-            trimmed: 0,
+            trim_asked: 0,
             unacked: BTreeMap::new(),
         }
     }
@@ -194,7 +189,7 @@ where
         let timer = self.node.metrics.backend_connect.start_timer();
         let connected = self.node.backend.connect(&connecting).await;
         timer.observe_duration();
-        let Connected { replay, epoch, seq, cursor, others } = match connected {
+        let Connected { replay, epoch, seq, cursor } = match connected {
             Ok(connected) => connected,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
@@ -202,8 +197,9 @@ where
                 return End::Internal;
             }
         };
+        // Connecting trimmed what every device had acked.
+        self.trim_asked = cursor.up_to;
         self.cursor = cursor;
-        self.others = others.map(Box::new);
         let welcome = ServerFrame::Welcome(Welcome {
             user: self.session.user.clone(),
             conn: self.session.conn,
@@ -497,11 +493,10 @@ where
     }
 
     fn hand_acks(&mut self, acked: Vec<Acked>) {
-        let all = self.others.as_ref().map_or(self.cursor.up_to, |others| others.intersect(&self.cursor).up_to);
-        let trim = (all >= self.trimmed + TRIM_EVERY).then(|| {
-            self.trimmed = all;
-            all
-        });
+        let trim = self.cursor.up_to >= self.trim_asked + TRIM_EVERY;
+        if trim {
+            self.trim_asked = self.cursor.up_to;
+        }
         let Session { user, device, .. } = &self.session;
         let ack = DeviceAck { user: user.clone(), device: device.clone(), cursor: self.cursor.clone(), acked, trim };
         self.node.backend.ack(ack);

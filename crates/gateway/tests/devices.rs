@@ -71,6 +71,17 @@ impl Store {
         .await;
     }
 
+    /// Script runs so far (the device scripts among them): calls of
+    /// `EVALSHA` that did not fail (a first call answered `NOSCRIPT` did).
+    async fn script_calls(&self) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]).await;
+        let line = stats.lines().find(|line| line.starts_with("cmdstat_evalsha:")).unwrap_or_default();
+        let stat = |name: &str| -> u64 {
+            line.split([':', ',']).find_map(|part| part.strip_prefix(name)).map_or(0, |n| n.parse().unwrap())
+        };
+        stat("calls=") - stat("failed_calls=")
+    }
+
     /// How many entries the user's log holds in Redis.
     async fn log_len(&self, user: &str) -> usize {
         self.cli(&["XLEN", &format!("sb:u:{{{user}}}:log")]).await.parse().unwrap()
@@ -193,6 +204,44 @@ async fn standalone_devices_sync_on_their_own() {
 #[tokio::test]
 async fn cluster_devices_sync_on_their_own() {
     devices_sync_on_their_own(Store::cluster().await).await;
+}
+
+/// A device that connects after another device's connection opened holds
+/// the trimming back: the log keeps what the new device has not acked.
+async fn a_new_device_holds_the_trim_back(store: Store) {
+    let nodes = store.nodes(2, &[]).await;
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let mut laptop = Client::connect_device(&nodes[0].ws_url(), "bob", "laptop").await;
+    let mut sent = Vec::new();
+    for i in 1..=20u64 {
+        sent.push((alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0, i));
+    }
+    assert_eq!(messages(&mut laptop, 20).await, sent);
+    // Seen now, with nothing acked.
+    let other = &nodes[nodes.len() - 1];
+    drop(Client::connect_device(&other.ws_url(), "bob", "phone").await);
+
+    let scripts = if matches!(store, Store::Memory) { 0 } else { store.script_calls().await };
+    laptop.ack_up_to(20).await;
+    store.acked(&mut laptop, "bob", 20).await;
+    if !matches!(store, Store::Memory) {
+        // Twenty acks ask for a trim: one script call, and nothing trimmed.
+        eventually("the trim to run", || async { store.script_calls().await == scripts + 1 }).await;
+        assert_eq!(store.log_len("bob").await, 20);
+    }
+    let mut phone = Client::connect_device(&other.ws_url(), "bob", "phone").await;
+    assert_eq!(messages(&mut phone, 20).await, sent);
+    nothing_more(&mut phone).await;
+}
+
+#[tokio::test]
+async fn memory_a_new_device_holds_the_trim_back() {
+    a_new_device_holds_the_trim_back(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn standalone_a_new_device_holds_the_trim_back() {
+    a_new_device_holds_the_trim_back(Store::standalone().await).await;
 }
 
 /// A thousand messages acked with one frame.

@@ -16,7 +16,6 @@ mod keys;
 mod memory;
 mod redis;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,7 +69,7 @@ pub struct Counters {
     pub envelopes_in: prometheus::IntCounter,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -168,9 +167,6 @@ pub struct Connected {
     pub seq: u64,
     /// What the device has acked so far.
     pub cursor: Cursor,
-    /// What the user's other devices seen lately had all acked, when there
-    /// are any: with the device's own cursor, what may be trimmed.
-    pub others: Option<Cursor>,
 }
 
 /// A message a connection wrote and its client acked: what the receipt
@@ -192,9 +188,10 @@ pub struct DeviceAck {
     pub cursor: Cursor,
     /// The messages acked in this burst.
     pub acked: Vec<Acked>,
-    /// Every device seen lately has acked up to here: the log may be
-    /// trimmed so far (the backend may also trim by its own count).
-    pub trim: Option<u64>,
+    /// The device's cursor moved far enough since its connection last
+    /// asked: trim what every device seen lately has acked (the backend
+    /// may also trim by its own count).
+    pub trim: bool,
 }
 
 /// The backend of one node.
@@ -343,18 +340,6 @@ fn letter_of(outgoing: &Outgoing, msg: MsgId, node: &str) -> Letter {
 /// Whether a letter logged at `ts` (ms) has waited past `ttl`.
 fn expired(ts: u64, ttl: Duration) -> bool {
     unix_micros() / 1000 > ts.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Seqs acked by `ack` whose message has a receipt to send: those among
-/// `due` that the burst names, as (reply node, sender, receipt).
-fn receipts_due<'a>(
-    ack: &'a DeviceAck,
-    due: &'a BTreeSet<u64>,
-) -> impl Iterator<Item = (&'a ReplyTo, UserId, Arc<Receipt>)> + 'a {
-    ack.acked.iter().filter(|acked| acked.seq.is_none_or(|seq| due.contains(&seq))).filter_map(|acked| {
-        let reply = acked.reply.as_ref()?;
-        Some((reply, acked.from.clone(), receipt_for(acked.msg, reply, &ack.user)))
-    })
 }
 
 /// The receipt of `msg` for its recipient `user`.

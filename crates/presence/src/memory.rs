@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::cursor::Cursor;
 use crate::{
     Accepted, Arrival, Connected, Connecting, Counters, DEDUPE_WINDOW, DeviceAck, Local, Mode, Outgoing, Push,
-    Settings, expired, letter_of, reached, receipts_due,
+    Settings, expired, letter_of, reached, receipt_for,
 };
 
 /// How often expired log entries, devices and dedupe records are dropped.
@@ -60,6 +60,8 @@ struct Remembered {
     msg: MsgId,
     status: AcceptStatus,
     expires: Instant,
+    /// A device acked the message, which was not logged: its receipt went.
+    receipted: bool,
 }
 
 impl MemoryBackend {
@@ -104,8 +106,7 @@ impl MemoryBackend {
         log.devices.insert(connecting.device.clone(), Device { cursor: cursor.clone(), seen: now });
         let from = connecting.since.map_or_else(|| cursor.clone(), Cursor::at);
         let replay = log.after(&from, &connecting.user);
-        // Memory trims by its own count of every device.
-        Connected { replay, epoch: state.epoch, seq: log.seq, cursor, others: None }
+        Connected { replay, epoch: state.epoch, seq: log.seq, cursor }
     }
 
     pub fn send(&self, outgoing: Outgoing) -> Accepted {
@@ -163,13 +164,14 @@ impl State {
                             msg,
                             status: AcceptStatus::Stored,
                             expires: now,
+                            receipted: false,
                         });
                         if record.expires > now {
                             duplicate = Some(record.msg);
                             record.status
                         } else {
                             let status = self.take(to, &letter);
-                            *record = Remembered { msg, status, expires: now + DEDUPE_WINDOW };
+                            *record = Remembered { msg, status, expires: now + DEDUPE_WINDOW, receipted: false };
                             status
                         }
                     }
@@ -237,8 +239,24 @@ impl State {
             log.prune(&self.settings);
             due
         };
-        for (_, from, receipt) in receipts_due(&ack, &due) {
-            self.local.push(&from, &Push::Receipt(receipt));
+        for acked in &ack.acked {
+            let Some(reply) = &acked.reply else { continue };
+            let first = match acked.seq {
+                Some(seq) => due.contains(&seq),
+                None => self.claim_receipt(&ack.user, &acked.from, &reply.id),
+            };
+            if first {
+                self.local.push(&acked.from, &Push::Receipt(receipt_for(acked.msg, reply, &ack.user)));
+            }
+        }
+    }
+
+    /// Whether the ack of a live-only message is the first one, by its
+    /// dedupe record: true once, and always once the record expired.
+    fn claim_receipt(&self, to: &UserId, from: &UserId, id: &ClientMsgId) -> bool {
+        match self.sent.get_mut(&(to.clone(), from.clone(), id.clone())) {
+            Some(mut record) if record.expires > Instant::now() => !std::mem::replace(&mut record.receipted, true),
+            _ => true,
         }
     }
 

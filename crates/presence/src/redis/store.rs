@@ -46,13 +46,15 @@ const MAX_APPENDS: usize = 128;
 pub(super) struct Scripts {
     append: Script,
     connect: Script,
+    trim: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
             append: Script::from_lua(include_str!("append.lua")),
-            connect: Script::from_lua(include_str!("connect.lua")),
+            connect: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("connect.lua"))),
+            trim: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("trim.lua"))),
         }
     }
 }
@@ -293,12 +295,7 @@ impl Inner {
                 }
             }
             Ok(_) => group.into_iter().for_each(|append| drop(append.done.send(Err(corrupt("append reply"))))),
-            Err(error) => {
-                let message = error.to_string();
-                for append in group {
-                    let _ = append.done.send(Err(BackendError::Corrupt(message.clone())));
-                }
-            }
+            Err(error) => group.into_iter().for_each(|append| drop(append.done.send(Err(error.clone())))),
         }
     }
 
@@ -347,8 +344,7 @@ impl Inner {
     }
 
     /// Marks a device seen and reads what it has not acked: the user's
-    /// latest seq, the device's cursor, what the other devices acked, and
-    /// the replay.
+    /// latest seq, the device's cursor and the replay.
     pub(super) async fn open_log(&self, connecting: &Connecting) -> Result<Connected, BackendError> {
         let user = &connecting.user;
         let keys = vec![self.keys.devices(user), self.keys.log(user), self.keys.seq(user)];
@@ -362,13 +358,12 @@ impl Inner {
         let reply: Value = Box::pin(self.scripts.connect.evalsha_with_reload(&self.client, keys, args)).await?;
         let Value::Array(mut parts) = reply else { return Err(corrupt("connect reply")) };
         let entries = parts.pop().ok_or_else(|| corrupt("connect reply"))?;
-        let others = parts.pop().and_then(|v| v.into_string()).and_then(|text| Cursor::from_text(&text));
         let cursor = parts.pop().and_then(|v| v.into_string()).and_then(|text| Cursor::from_text(&text));
         let cursor = cursor.ok_or_else(|| corrupt("connect reply"))?;
         let seq = parts.pop().and_then(|v| v.as_u64()).ok_or_else(|| corrupt("connect reply"))?;
         let skip = if connecting.since.is_some() { Cursor::default() } else { cursor.clone() };
         let replay = self.arrivals(user, entries)?.into_iter().filter(|a| a.seq.is_none_or(|s| !skip.contains(s)));
-        Ok(Connected { replay: replay.collect(), epoch: Uuid::nil(), seq, cursor, others })
+        Ok(Connected { replay: replay.collect(), epoch: Uuid::nil(), seq, cursor })
     }
 
     /// The user's logged messages after `after`, oldest first.
@@ -425,7 +420,7 @@ impl Inner {
                         let queued = queued.get_mut();
                         queued.cursor.merge(&ack.cursor);
                         queued.acked.extend(ack.acked);
-                        queued.trim = queued.trim.max(ack.trim);
+                        queued.trim |= ack.trim;
                     }
                     Entry::Vacant(vacant) => {
                         vacant.insert(ack);
@@ -454,7 +449,8 @@ impl Inner {
     /// the device's cursor as its connection knows it, a claim on the
     /// dedupe record of each message a sender waits on (the first claim of
     /// a message, from whichever device, sends its receipt; once the
-    /// record expired every claim does), a trim when one is due.
+    /// record expired every claim does), and when one is due a trim of
+    /// what every device seen lately acked.
     async fn write_ack(self: &Arc<Self>, ack: DeviceAck, refresh: bool) -> Result<(), BackendError> {
         let user = &ack.user;
         let devices = self.keys.devices(user);
@@ -472,10 +468,11 @@ impl Inner {
                 let ttl = super::ttl_i64(millis(self.settings.device_ttl));
                 Box::pin(self.client.pexpire::<(), _>(&devices, ttl, None)).await?;
             }
-            if let Some(up_to) = ack.trim {
-                let trim: Value =
-                    Box::pin(self.client.xtrim(self.keys.log(user), ("MINID", format!("0-{}", up_to + 1)))).await?;
-                drop(trim);
+            if ack.trim {
+                let keys = vec![devices.clone(), self.keys.log(user)];
+                let args: Vec<Value> =
+                    vec![now_ms().to_string().into(), millis(self.settings.device_ttl).to_string().into()];
+                let _: Value = Box::pin(self.scripts.trim.evalsha_with_reload(&self.client, keys, args)).await?;
             }
             Ok::<_, BackendError>(())
         };
