@@ -17,7 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fred::interfaces::EventInterface;
+use fred::interfaces::{EventInterface, PubsubInterface};
 use fred::types::Message;
 use switchboard_protocol::{Envelope, Item, Letter, Receipt, UserId};
 use tokio::sync::{broadcast, mpsc};
@@ -64,7 +64,7 @@ impl Inner {
                         Err(broadcast::error::RecvError::Lagged(missed)) => self.lagged(missed),
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
-                    _ = reconnects.recv() => self.reconnected(),
+                    _ = reconnects.recv() => self.reconnected().await,
                 }
             }
             loop {
@@ -76,7 +76,7 @@ impl Inner {
                 }
             }
             if reconnects.try_recv().is_ok() {
-                self.reconnected();
+                self.reconnected().await;
             }
             for message in backlog.drain(..backlog.len().min(LISTEN_TURN)) {
                 self.read(&message);
@@ -94,9 +94,21 @@ impl Inner {
         self.repair();
     }
 
-    fn reconnected(&self) {
+    /// Subscribes to this node's channel. Also on every reconnect: fred's
+    /// own resubscriber sends a `SUBSCRIBE` for the plain channels first,
+    /// which fails when there are none.
+    pub(super) async fn subscribe(&self) -> Result<(), fred::error::Error> {
+        self.subscriber.ssubscribe(self.keys.node_channel(&self.settings.node_id)).await
+    }
+
+    async fn reconnected(&self) {
         // Whatever was published while disconnected is gone.
         tracing::info!("redis subscriber reconnected");
+        if let Err(error) = self.subscribe().await {
+            // The next reconnect tries again; meanwhile other nodes find no
+            // subscriber on the channel and store what they route here.
+            tracing::warn!(%error, "could not subscribe to the node channel again");
+        }
         self.repair();
     }
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
 use fred::types::SetOptions;
 use switchboard_protocol::UserId;
@@ -191,15 +191,7 @@ impl RedisBackend {
             local,
             counters,
         });
-        inner.subscriber.ssubscribe(inner.keys.node_channel(&inner.settings.node_id)).await?;
-        let resubscriber = inner.subscriber.manage_subscriptions();
-        inner.tasks.spawn({
-            let stop = inner.stop.clone();
-            async move {
-                stop.cancelled().await;
-                resubscriber.abort();
-            }
-        });
+        inner.subscribe().await?;
         // Entries under our id from an earlier life of a node with this id
         // (it crashed and was restarted before anyone swept it).
         let stale = inner.remove_entries(inner.me()).await?;
