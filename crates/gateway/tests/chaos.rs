@@ -1,20 +1,23 @@
 //! Chaos between nodes and Redis, in `durable` mode: users keep messaging
 //! each other through three nodes while the links to Redis slow down, fall
 //! into a blackhole and are cut, nodes are killed (SIGKILL) and Redis is
-//! restarted from its append-only file. Every message a sender saw
-//! `accepted` must reach its recipient; recipients may see one twice
-//! (at-least-once) and dedupe by `msg`.
+//! restarted from its append-only file. Every user is connected from two
+//! devices, each with its own cursor in the user's log: every message a
+//! sender saw `accepted` must reach both devices of its recipient, live or
+//! by replay when the device connects again; a device may see one twice
+//! (at-least-once) and dedupes by `msg`.
 //!
 //! Each node reaches Redis through a `ChaosProxy` of its own, so one node's
 //! link can fail while the others work. Redis runs with
 //! `--appendfsync always`: a restart keeps every write it answered, so a
 //! restart loses nothing accepted and keeps the epoch.
 //!
-//! The users follow the contract's client rules: one `send` in flight at a
-//! time; a send answered with an `error` is sent again with the same `id`
+//! The devices follow the contract's client rules: one `send` in flight at a
+//! time per device; a send answered with an `error` is sent again with the same `id`
 //! and recipient, and so is one left unanswered when the connection drops;
 //! a dropped connection is opened again on any live node; every message is
-//! acked. The ledger they share records every `accepted` and every arrival.
+//! acked. The ledger they share records every `accepted` and every arrival
+//! on every device.
 //!
 //! `one_of_each_fault_loses_nothing_accepted` runs a fixed sequence in
 //! under a minute. `random_faults_for_minutes` (ignored; `scripts/chaos`)
@@ -42,6 +45,9 @@ use tokio_util::sync::CancellationToken;
 
 const NODES: usize = 3;
 const USERS: usize = 6;
+
+/// The devices every user connects from.
+const DEVICES: [&str; 2] = ["phone", "laptop"];
 
 /// How often a user sends when it has nothing in flight.
 const PACE: Duration = Duration::from_millis(50);
@@ -80,14 +86,15 @@ struct Acceptance {
     status: AcceptStatus,
     /// The node that accepted it.
     node: String,
-    /// The node of the recipient's latest connection, if it had one.
-    recipient_node: Option<String>,
+    /// The nodes of the latest connections of the recipient's devices.
+    recipient_nodes: Vec<String>,
 }
 
-/// A message received, as its first recipient saw it.
+/// A message received, as one device saw it first.
 struct Arrival {
     /// Since the start of the test.
     at: Duration,
+    /// The user whose device received it.
     by: String,
     from: String,
     id: Option<String>,
@@ -110,20 +117,24 @@ struct Tally {
     receipts: u64,
     /// An `accepted` whose `id` was not the send in flight.
     stray_accepted: u64,
-    /// A message that reached a second user.
+    /// A message that reached a user it was not sent to.
     misrouted: u64,
 }
 
-/// What every user saw, in one place.
+/// A message on one device of its recipient.
+type Delivery = (MsgId, &'static str);
+
+/// What every device saw, in one place. Devices are named `user/device`.
 #[derive(Default)]
 struct Ledger {
     accepted: HashMap<MsgId, Acceptance>,
+    /// Accepted sends, by sending device.
     accepted_by: HashMap<String, u64>,
-    /// The send each user has in flight.
+    /// The send each device has in flight.
     pending: HashMap<String, Sent>,
-    /// The node of each user's latest connection.
+    /// The node of each device's latest connection.
     nodes: HashMap<String, String>,
-    arrivals: HashMap<MsgId, Arrival>,
+    arrivals: HashMap<Delivery, Arrival>,
     epochs: HashSet<uuid::Uuid>,
     tally: Tally,
 }
@@ -136,6 +147,17 @@ struct World {
     started: Instant,
     /// The wall clock at `started`, to line events up with the nodes' logs.
     started_wall: std::time::SystemTime,
+}
+
+impl Ledger {
+    /// Accepted messages not yet on every device of their recipient.
+    fn missing(&self) -> HashSet<Delivery> {
+        self.accepted
+            .keys()
+            .flat_map(|msg| DEVICES.map(|device| (*msg, device)))
+            .filter(|delivery| !self.arrivals.contains_key(delivery))
+            .collect()
+    }
 }
 
 impl World {
@@ -178,17 +200,19 @@ struct Chaos {
     faults: BTreeMap<&'static str, u64>,
 }
 
-/// The outcome, over every accepted message.
+/// The outcome, over every accepted message and every device of its
+/// recipient (a delivery).
 #[derive(Debug)]
 struct Summary {
     accepted: usize,
+    /// Deliveries that arrived.
     delivered: usize,
-    /// Arrived only after every user reconnected: in the inbox, but not
-    /// handed to the live connection of its recipient.
+    /// Deliveries that arrived only after every device reconnected: in the
+    /// log, but not handed to the live connection of the device.
     stranded: usize,
-    /// Never arrived, reconnect or not.
+    /// Deliveries that never arrived, reconnect or not.
     lost: usize,
-    /// Frames beyond the first of each message.
+    /// Frames beyond the first of each delivery.
     duplicates: u64,
     /// Messages received that no sender saw accepted: a send stored twice.
     phantoms: usize,
@@ -196,9 +220,9 @@ struct Summary {
     garbled: usize,
     /// Sends never answered by the end.
     unresolved: usize,
-    /// The longest wait from `accepted` to the first arrival.
+    /// The longest wait from `accepted` to the first arrival on a device.
     slowest: Duration,
-    /// Messages that arrived [`LATE`] or later.
+    /// Deliveries that arrived [`LATE`] or later.
     late: usize,
     epochs: usize,
     tally: Tally,
@@ -233,17 +257,20 @@ impl Chaos {
         }
         let names: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
         for (i, name) in names.iter().enumerate() {
-            let peers = names.iter().filter(|n| *n != name).cloned().collect();
-            let user = User {
-                name: name.clone(),
-                peers,
-                world: chaos.world.clone(),
-                first_node: i,
-                sending: chaos.sending.clone(),
-                done: chaos.done.clone(),
-                reconnect: chaos.reconnect.subscribe(),
-            };
-            chaos.users.spawn(user.run());
+            for (d, device) in DEVICES.into_iter().enumerate() {
+                let peers = names.iter().filter(|n| *n != name).cloned().collect();
+                let user = User {
+                    name: name.clone(),
+                    device,
+                    peers,
+                    world: chaos.world.clone(),
+                    first_node: i + d,
+                    sending: chaos.sending.clone(),
+                    done: chaos.done.clone(),
+                    reconnect: chaos.reconnect.subscribe(),
+                };
+                chaos.users.spawn(user.run());
+            }
         }
         chaos
     }
@@ -326,24 +353,23 @@ impl Chaos {
         self.redis.start_again().await;
     }
 
-    /// Waits until every user has had a send accepted since now: the
+    /// Waits until every device has had a send accepted since now: the
     /// cluster serves everyone again.
     async fn until_everyone_sends(&self) {
         let before = self.world.ledger().accepted_by.clone();
-        eventually("every user to have a send accepted", || async {
+        eventually("every device to have a send accepted", || async {
             let ledger = self.world.ledger();
-            (0..USERS).all(|i| {
-                let name = format!("user-{i}");
+            (0..USERS).flat_map(|i| DEVICES.map(|device| format!("user-{i}/{device}"))).all(|name| {
                 ledger.accepted_by.get(&name).copied().unwrap_or(0) > before.get(&name).copied().unwrap_or(0)
             })
         })
         .await;
     }
 
-    /// Stops new sends, waits for every accepted message to arrive, and
-    /// stops the users. What has not arrived by then is reported, every
-    /// user reconnects, and what arrives by replay is counted as stranded,
-    /// the rest as lost.
+    /// Stops new sends, waits for every accepted message to arrive on both
+    /// devices of its recipient, and stops the devices. What has not
+    /// arrived by then is reported, every device reconnects, and what
+    /// arrives by replay is counted as stranded, the rest as lost.
     async fn finish(mut self) -> Summary {
         self.until_everyone_sends().await;
         for slot in self.live_slots() {
@@ -377,7 +403,7 @@ impl Chaos {
         loop {
             {
                 let ledger = self.world.ledger();
-                if ledger.pending.is_empty() && ledger.accepted.keys().all(|msg| ledger.arrivals.contains_key(msg)) {
+                if ledger.pending.is_empty() && ledger.missing().is_empty() {
                     return;
                 }
             }
@@ -385,29 +411,28 @@ impl Chaos {
         }
     }
 
-    fn missing(&self) -> HashSet<MsgId> {
-        let ledger = self.world.ledger();
-        ledger.accepted.keys().filter(|msg| !ledger.arrivals.contains_key(msg)).copied().collect()
+    fn missing(&self) -> HashSet<Delivery> {
+        self.world.ledger().missing()
     }
 
-    /// Prints `messages` with what the ledger knows of them, then the sends
-    /// still unanswered.
-    fn report(&self, what: &str, messages: &HashSet<MsgId>) {
+    /// Prints `deliveries` with what the ledger knows of them, then the
+    /// sends still unanswered.
+    fn report(&self, what: &str, deliveries: &HashSet<Delivery>) {
         let ledger = self.world.ledger();
-        println!("chaos: {} accepted messages {what}", messages.len());
-        for msg in messages {
-            let Acceptance { sent, at, status, node, recipient_node } = &ledger.accepted[msg];
+        println!("chaos: {} deliveries of accepted messages {what}", deliveries.len());
+        for (msg, device) in deliveries {
+            let Acceptance { sent, at, status, node, recipient_nodes } = &ledger.accepted[msg];
             let arrived = ledger
                 .arrivals
-                .get(msg)
+                .get(&(*msg, device))
                 .map_or_else(String::new, |a| format!("; arrived at {}", self.world.stamp(a.at)));
             println!(
-                "chaos:   {msg} {} -> {} id {}: accepted at {}, {status:?}, by {node}; recipient on {}{arrived}",
+                "chaos:   {msg} {} -> {}/{device} id {}: accepted at {}, {status:?}, by {node}; recipient on {:?}{arrived}",
                 sent.from,
                 sent.to,
                 sent.id,
                 self.world.stamp(*at),
-                recipient_node.as_deref().unwrap_or("no node")
+                recipient_nodes
             );
         }
         for sent in ledger.pending.values() {
@@ -415,28 +440,30 @@ impl Chaos {
         }
     }
 
-    fn summarize(&self, stranded: &HashSet<MsgId>) -> Summary {
+    fn summarize(&self, stranded: &HashSet<Delivery>) -> Summary {
         let ledger = self.world.ledger();
-        let delivered = ledger.accepted.keys().filter(|msg| ledger.arrivals.contains_key(msg)).count();
+        let expected = ledger.accepted.len() * DEVICES.len();
+        let delivered = expected - ledger.missing().len();
         let garbled = ledger
-            .accepted
+            .arrivals
             .iter()
-            .filter_map(|(msg, acceptance)| ledger.arrivals.get(msg).map(|arrival| (&acceptance.sent, arrival)))
+            .filter_map(|((msg, _), arrival)| ledger.accepted.get(msg).map(|acceptance| (&acceptance.sent, arrival)))
             .filter(|(sent, arrival)| {
                 (arrival.by.as_str(), arrival.to.as_str(), arrival.from.as_str(), arrival.id.as_deref())
                     != (sent.to.as_str(), sent.to.as_str(), sent.from.as_str(), Some(sent.id.as_str()))
             })
             .count();
-        let waits: Vec<(MsgId, Duration)> = ledger
-            .accepted
+        let waits: Vec<(Delivery, Duration)> = ledger
+            .arrivals
             .iter()
-            .filter_map(|(msg, acceptance)| {
-                ledger.arrivals.get(msg).map(|arrival| (*msg, arrival.at.saturating_sub(acceptance.at)))
+            .filter_map(|(delivery, arrival)| {
+                ledger.accepted.get(&delivery.0).map(|acceptance| (*delivery, arrival.at.saturating_sub(acceptance.at)))
             })
             .collect();
-        let late: HashSet<MsgId> = waits.iter().filter(|(_, wait)| *wait >= LATE).map(|(msg, _)| *msg).collect();
+        let late: HashSet<Delivery> =
+            waits.iter().filter(|(_, wait)| *wait >= LATE).map(|(delivery, _)| *delivery).collect();
         drop(ledger);
-        let late_only: HashSet<MsgId> = late.difference(stranded).copied().collect();
+        let late_only: HashSet<Delivery> = late.difference(stranded).copied().collect();
         if !late_only.is_empty() {
             self.report("arrived late, besides those reported above", &late_only);
         }
@@ -445,9 +472,15 @@ impl Chaos {
             accepted: ledger.accepted.len(),
             delivered: delivered - stranded.len(),
             stranded: stranded.len(),
-            lost: ledger.accepted.len() - delivered,
+            lost: expected - delivered,
             duplicates: ledger.arrivals.values().map(|a| a.frames - 1).sum(),
-            phantoms: ledger.arrivals.keys().filter(|msg| !ledger.accepted.contains_key(msg)).count(),
+            phantoms: ledger
+                .arrivals
+                .keys()
+                .map(|(msg, _)| msg)
+                .filter(|msg| !ledger.accepted.contains_key(msg))
+                .collect::<HashSet<_>>()
+                .len(),
             garbled,
             unresolved: ledger.pending.len(),
             slowest: waits.iter().map(|(_, wait)| *wait).max().unwrap_or_default(),
@@ -489,9 +522,10 @@ fn assert_nothing_accepted_lost(summary: &Summary) {
     );
 }
 
-/// One user, driven as the contract tells clients to behave.
+/// One device of a user, driven as the contract tells clients to behave.
 struct User {
     name: String,
+    device: &'static str,
     peers: Vec<String>,
     world: Arc<World>,
     /// Index in the directory of the node to try first.
@@ -502,13 +536,19 @@ struct User {
 }
 
 impl User {
+    /// The device's name in the ledger.
+    fn key(&self) -> String {
+        format!("{}/{}", self.name, self.device)
+    }
+
     async fn run(mut self) {
+        let key = self.key();
         let mut seq = 0u64;
         let mut attempt = self.first_node;
         'connect: while !self.done.is_cancelled() {
             let Some(mut client) = self.connect_anywhere(&mut attempt).await else { return };
             self.reconnect.borrow_and_update();
-            let in_flight = self.world.ledger().pending.get(&self.name).cloned();
+            let in_flight = self.world.ledger().pending.get(&key).cloned();
             let mut since = Instant::now();
             // Set when the send in flight was refused and waits for the next tick.
             let mut refused = false;
@@ -524,7 +564,7 @@ impl User {
                     () = self.done.cancelled() => return,
                     Ok(()) = self.reconnect.changed() => continue 'connect,
                     _ = tick.tick() => {
-                        let in_flight = self.world.ledger().pending.get(&self.name).cloned();
+                        let in_flight = self.world.ledger().pending.get(&key).cloned();
                         let frame = match in_flight {
                             Some(sent) if refused => {
                                 refused = false;
@@ -541,12 +581,12 @@ impl User {
                                 seq += 1;
                                 let sent = Sent {
                                     from: self.name.clone(),
-                                    id: format!("{}-{seq}", self.name),
+                                    id: format!("{}-{}-{seq}", self.name, self.device),
                                     to: self.peers[seq as usize % self.peers.len()].clone(),
                                 };
                                 let mut ledger = self.world.ledger();
                                 ledger.tally.sends += 1;
-                                ledger.pending.insert(self.name.clone(), sent.clone());
+                                ledger.pending.insert(key.clone(), sent.clone());
                                 send_frame(&sent)
                             }
                         };
@@ -574,19 +614,23 @@ impl User {
 
     /// Records one frame from the server; the ack to send, for a message.
     fn take(&self, frame: ServerFrame, refused: &mut bool) -> Option<ClientFrame> {
+        let key = self.key();
         let mut ledger = self.world.ledger();
         match frame {
             ServerFrame::Accepted { id, msg, status, .. } => {
-                let in_flight = ledger.pending.get(&self.name).filter(|sent| sent.id == id.as_str()).cloned();
+                let in_flight = ledger.pending.get(&key).filter(|sent| sent.id == id.as_str()).cloned();
                 match in_flight {
                     Some(sent) => {
-                        ledger.pending.remove(&self.name);
-                        *ledger.accepted_by.entry(self.name.clone()).or_default() += 1;
+                        ledger.pending.remove(&key);
+                        *ledger.accepted_by.entry(key.clone()).or_default() += 1;
                         let acceptance = Acceptance {
                             at: self.world.elapsed(),
                             status,
-                            node: ledger.nodes.get(&self.name).cloned().unwrap_or_default(),
-                            recipient_node: ledger.nodes.get(&sent.to).cloned(),
+                            node: ledger.nodes.get(&key).cloned().unwrap_or_default(),
+                            recipient_nodes: DEVICES
+                                .iter()
+                                .filter_map(|device| ledger.nodes.get(&format!("{}/{device}", sent.to)).cloned())
+                                .collect(),
                             sent,
                         };
                         ledger.accepted.insert(msg, acceptance);
@@ -598,7 +642,7 @@ impl User {
             ServerFrame::Message(delivery) => {
                 let body = delivery.body.to_value();
                 let at = self.world.elapsed();
-                let arrival = ledger.arrivals.entry(delivery.msg).or_insert_with(|| Arrival {
+                let arrival = ledger.arrivals.entry((delivery.msg, self.device)).or_insert_with(|| Arrival {
                     at,
                     by: self.name.clone(),
                     from: delivery.from.as_str().to_owned(),
@@ -614,8 +658,7 @@ impl User {
             }
             ServerFrame::Error { id, code, .. } => {
                 *ledger.tally.errors.entry(code.as_str()).or_default() += 1;
-                let ours =
-                    ledger.pending.get(&self.name).is_some_and(|sent| id.is_some_and(|id| sent.id == id.as_str()));
+                let ours = ledger.pending.get(&key).is_some_and(|sent| id.is_some_and(|id| sent.id == id.as_str()));
                 if ours {
                     *refused = true;
                 }
@@ -630,7 +673,7 @@ impl User {
     }
 
     /// Connects to the live nodes in turn, starting at `attempt`, until one
-    /// welcomes the user; `None` once the user is told to stop.
+    /// welcomes the device; `None` once the device is told to stop.
     async fn connect_anywhere(&self, attempt: &mut usize) -> Option<Client> {
         let started = Instant::now();
         loop {
@@ -642,18 +685,19 @@ impl User {
                 directory[*attempt % directory.len()].clone()
             };
             *attempt += 1;
-            if let Some(client) = open(&url, &self.name).await {
+            if let Some(client) = open(&url, &self.name, self.device).await {
+                assert_eq!(client.welcome.device.as_str(), self.device, "welcome names the device");
                 let mut ledger = self.world.ledger();
                 ledger.tally.connections += 1;
                 ledger.epochs.insert(client.welcome.epoch);
-                ledger.nodes.insert(self.name.clone(), client.welcome.node.clone());
+                ledger.nodes.insert(self.key(), client.welcome.node.clone());
                 return Some(client);
             }
             self.world.ledger().tally.failed_connects += 1;
             assert!(
                 started.elapsed() < RECONNECT_FOR,
                 "{} found no node to connect to for {RECONNECT_FOR:?}",
-                self.name
+                self.key()
             );
             // Refused or closed before welcome (the node cannot reach Redis): the next node, after a pause.
             tokio::time::sleep(PACE).await;
@@ -661,12 +705,13 @@ impl User {
     }
 }
 
-/// One attempt to connect as `user`. `Client::open` fails the calling task
-/// when the node closes the connection before `welcome` (1011 while it
-/// cannot reach Redis), so the attempt runs as a task of its own and such
-/// a failure is one failed attempt.
-async fn open(url: &str, user: &str) -> Option<Client> {
-    let (url, connect) = (url.to_owned(), Connect { bearer: Some(token(user)), ..Connect::default() });
+/// One attempt to connect as `user` from `device`. `Client::open` fails the
+/// calling task when the node closes the connection before `welcome` (1011
+/// while it cannot reach Redis), so the attempt runs as a task of its own
+/// and such a failure is one failed attempt.
+async fn open(url: &str, user: &str, device: &str) -> Option<Client> {
+    let url = url.to_owned();
+    let connect = Connect { bearer: Some(token(user)), query: Some(format!("device={device}")), ..Connect::default() };
     match tokio::spawn(async move { Client::open(&url, connect).await }).await {
         Ok(Ok(client)) => Some(client),
         Ok(Err(_)) | Err(_) => None,
@@ -709,7 +754,7 @@ async fn one_of_each_fault_loses_nothing_accepted() {
     assert!(summary.accepted >= 200, "traffic flowed: {summary:?}");
     let tally = &summary.tally;
     assert!(tally.errors.get("internal").is_some_and(|n| *n > 0), "the blackhole timed out backend calls: {tally:?}");
-    assert!(tally.disconnects >= 2, "the kill dropped the connections of its two users: {tally:?}");
+    assert!(tally.disconnects >= 2, "the kill dropped the connections of its devices: {tally:?}");
 }
 
 /// Random faults at random times for `SWITCHBOARD_CHAOS_MINUTES` minutes

@@ -110,35 +110,44 @@ async fn offline_messages_wait_for_any_node(url: &str) {
     assert_eq!(alice_again.send_message("a-1", "bob", json!(1)).await, (sent[1], AcceptStatus::Stored));
 }
 
-/// Kills a node with bob's connection while alice keeps sending; in durable
-/// mode every accepted message reaches bob when he reconnects elsewhere.
+/// Kills the node of bob's phone while alice keeps sending and bob's
+/// laptop, on the other node, acks everything; in durable mode every
+/// accepted message reaches the phone, in order and with its seq, when it
+/// reconnects elsewhere: the laptop's acks do not count for the phone.
 async fn a_killed_node_loses_nothing_accepted(url: &str) {
     let mut nodes = nodes(url, 2, &[]).await;
     let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
-    let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
+    let mut laptop = Client::connect_device(&nodes[0].ws_url(), "bob", "laptop").await;
+    let mut phone = Client::connect_device(&nodes[1].ws_url(), "bob", "phone").await;
     let mut accepted = Vec::new();
     for i in 0..5 {
-        accepted.push(alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0);
-        assert_eq!(bob.recv_message().await.msg, accepted[i]);
+        let (msg, status) = alice.send_message(&format!("a-{i}"), "bob", json!(i)).await;
+        assert_eq!(status, AcceptStatus::Routed);
+        accepted.push(msg);
+        assert_eq!(phone.recv_message().await.msg, msg);
     }
     nodes[1].kill().await;
-    for i in 5..25 {
+    for i in 5..30 {
         accepted.push(alice.send_message(&format!("a-{i}"), "bob", json!(i)).await.0);
     }
-    // Bob leaves presence once the dead node is swept.
-    until_online(&mut alice, "bob", false).await;
-    for i in 25..30 {
-        let (msg, status) = alice.send_message(&format!("a-{i}"), "bob", json!(i)).await;
-        assert_eq!(status, AcceptStatus::Stored);
-        accepted.push(msg);
+    let mut seqs = Vec::new();
+    for msg in &accepted {
+        let delivery = laptop.recv_message().await;
+        assert_eq!(delivery.msg, *msg);
+        seqs.push(delivery.seq.unwrap());
     }
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>(), "one seq per message, in order");
+    laptop.ack_up_to(30).await;
 
-    let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
+    let mut phone = Client::connect_device(&nodes[0].ws_url(), "bob", "phone").await;
+    assert_eq!((phone.welcome.device.as_str(), phone.welcome.seq), ("phone", 30));
     let mut received = Vec::new();
     for _ in 0..accepted.len() {
-        received.push(bob.recv_message().await.msg);
+        let delivery = phone.recv_message().await;
+        received.push((delivery.msg, delivery.seq.unwrap()));
     }
-    assert_eq!(received, accepted, "every accepted message, once each, in order");
+    let expected: Vec<(MsgId, u64)> = accepted.into_iter().zip(1..).collect();
+    assert_eq!(received, expected, "every accepted message, once each, in order");
 }
 
 /// Two nodes, alice on node-0 and bob on node-1. Bob's node is frozen past

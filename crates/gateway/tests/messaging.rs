@@ -45,12 +45,13 @@ async fn msgpack_and_json_clients_understand_each_other() {
     assert_eq!((got.msg, got.body.to_value()), (msg, json!({"text": "from json"})));
 }
 
-#[tokio::test]
-async fn every_device_of_a_user_gets_the_message_and_the_sender_gets_one_receipt() {
-    let node = NodeProcess::start(&[]).await;
+/// Both devices of bob's get alice's message and ack it; alice gets one
+/// receipt, from the first ack.
+async fn every_device_gets_the_message_and_the_sender_one_receipt(delivery: &str) {
+    let node = NodeProcess::start(&["--delivery", delivery]).await;
     let mut alice = Client::connect(&node.ws_url(), "alice").await;
-    let mut phone = Client::connect(&node.ws_url(), "bob").await;
-    let mut laptop = Client::connect(&node.ws_url(), "bob").await;
+    let mut phone = Client::connect_device(&node.ws_url(), "bob", "phone").await;
+    let mut laptop = Client::connect_device(&node.ws_url(), "bob", "laptop").await;
 
     let (msg, status) = alice.send_message("c-1", "bob", json!(1)).await;
     assert_eq!(status, AcceptStatus::Routed);
@@ -58,17 +59,29 @@ async fn every_device_of_a_user_gets_the_message_and_the_sender_gets_one_receipt
     assert_eq!(laptop.recv_message().await.msg, msg);
 
     phone.ack(msg).await;
-    laptop.ack(msg).await;
     match alice.recv().await {
         ServerFrame::Receipt(receipt) => {
             assert_eq!((receipt.id.as_str(), receipt.msg, receipt.status), ("c-1", msg, ReceiptStatus::Delivered));
         }
         other => panic!("expected a receipt, got {other:?}"),
     }
-    // The second device's ack found the message already gone: no second
-    // receipt. The pong proves nothing else was queued before it.
+    // The laptop's ack is taken before its pong; alice's pong proves no
+    // second receipt was queued before it.
+    laptop.ack(msg).await;
+    laptop.send(&ClientFrame::Ping).await;
+    assert_eq!(laptop.recv().await, ServerFrame::Pong);
     alice.send(&ClientFrame::Ping).await;
     assert_eq!(alice.recv().await, ServerFrame::Pong);
+}
+
+#[tokio::test]
+async fn every_device_gets_a_durable_message_and_the_sender_one_receipt() {
+    every_device_gets_the_message_and_the_sender_one_receipt("durable").await;
+}
+
+#[tokio::test]
+async fn every_device_gets_a_fast_message_and_the_sender_one_receipt() {
+    every_device_gets_the_message_and_the_sender_one_receipt("fast").await;
 }
 
 #[tokio::test]
