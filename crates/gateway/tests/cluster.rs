@@ -105,9 +105,11 @@ async fn offline_messages_wait_for_any_node(url: &str) {
     bob.send(&ClientFrame::Ping).await;
     assert_eq!(bob.recv().await, ServerFrame::Pong);
 
-    // A resend with the same id, through the other node, is not sent again.
+    // A resend with the same id, through the other node, is not sent again,
+    // and gets the original answer, acked or not.
     let mut alice_again = Client::connect(&nodes[1].ws_url(), "alice").await;
     assert_eq!(alice_again.send_message("a-1", "bob", json!(1)).await, (sent[1], AcceptStatus::Stored));
+    assert_eq!(alice_again.send_message("a-0", "bob", json!(0)).await, (sent[0], AcceptStatus::Stored));
 }
 
 /// Kills the node of bob's phone while alice keeps sending and bob's

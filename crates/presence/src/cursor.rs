@@ -1,6 +1,6 @@
 //! How far a device has acked a user's log: every `seq` up to a point, and
 //! some beyond it (acks by message id come in any order). The same rules
-//! run in memory and, in Lua, in Redis (`redis/ack.lua`).
+//! run in memory and, in Lua, in Redis (`redis/cursors.lua`).
 
 use std::collections::BTreeSet;
 

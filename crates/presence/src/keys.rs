@@ -7,7 +7,7 @@
 //! | `{p}u:{user}:conns` | hash | connection id -> node id |
 //! | `{p}u:{user}:log` | stream | logged messages, entry id `0-<seq>`, field `m` = MessagePack `Letter` |
 //! | `{p}u:{user}:seq` | string | the user's last seq (kept while the log may expire) |
-//! | `{p}u:{user}:dev` | hash | per device `c:<device>` cursor, `t:<device>` last seen (ms); `r` receipted |
+//! | `{p}u:{user}:dev` | hash | per device `c:<device>` cursor, `t:<device>` last seen (ms); expires `device-ttl` after the last refresh |
 //! | `{p}u:{user}:sent:{from}:{id}` | string | dedupe record `msg:status`, 10 min |
 //! | `{p}n:{node}:alive` | string | liveness, expires after `node-ttl` |
 //! | `{p}n:{node}:conns` | hash | connection id -> user id (reverse index) |

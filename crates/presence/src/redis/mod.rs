@@ -5,8 +5,10 @@
 //!
 //! - `store`: what must be in Redis before the sender hears `accepted`:
 //!   the dedupe record and, when the message is logged, the log entry with
-//!   its seq (the `append` script, atomic on the recipient's slot); device
-//!   cursors and the receipts they make due (the `ack` script).
+//!   its seq (the `append` script, atomic on the recipient's slot); what a
+//!   device's acks change: its cursor, the receipts they make due (claimed
+//!   on the dedupe record), the trim of the log (the `trim` script), and
+//!   what a connecting device reads (the `connect` script).
 //! - `route`: one publisher task per destination node batches what is
 //!   queued for that node into one MessagePack envelope per publish.
 //! - `listen`: each node reads its own sharded channel, checks each

@@ -479,11 +479,25 @@ impl Inner {
         let claims = ack.acked.iter().filter_map(|acked| {
             let reply = acked.reply.as_ref()?;
             let key = self.keys.sent(user, &acked.from, &reply.id);
-            let claimed = format!("{}:{}:r", acked.msg, AcceptStatus::Routed.as_str());
+            let claim = move |status: AcceptStatus, get: bool| {
+                let record = format!("{}:{}:r", acked.msg, status.as_str());
+                Box::pin(self.client.set::<Option<String>, _, _>(
+                    key.clone(),
+                    record,
+                    Some(Expiration::KEEPTTL),
+                    Some(SetOptions::XX),
+                    get,
+                ))
+            };
             Some(async move {
-                let previous: Option<String> =
-                    Box::pin(self.client.set(key, claimed, Some(Expiration::KEEPTTL), Some(SetOptions::XX), true))
-                        .await?;
+                // Most acked messages were routed: claim as routed, and put
+                // the original status back when it was not.
+                let previous = claim(AcceptStatus::Routed, true).await?;
+                if let Some(Ok(Taken::Duplicate { status: AcceptStatus::Stored, .. })) =
+                    previous.as_deref().filter(|record| !record.ends_with(":r")).map(parse_record)
+                {
+                    claim(AcceptStatus::Stored, false).await?;
+                }
                 Ok::<_, BackendError>(previous.is_none_or(|record| !record.ends_with(":r")).then_some((acked, reply)))
             })
         });
