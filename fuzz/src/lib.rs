@@ -15,7 +15,8 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use switchboard_protocol::{
-    ClientFrame, ClientMsgId, Codec, Delivery, Encoded, MAX_PRESENCE_QUERY, MsgId, Routed, ServerFrame, UserId,
+    Addressee, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, Item, Letter, MAX_PRESENCE_QUERY, MsgId,
+    ReplyTo, ServerFrame, UserId,
 };
 
 const CODECS: [Codec; 2] = [Codec::Json, Codec::MsgPack];
@@ -25,27 +26,41 @@ const CODECS: [Codec; 2] = [Codec::Json, Codec::MsgPack];
 pub fn client_frame(codec: Codec, bytes: &[u8]) {
     let Ok(frame) = codec.decode(bytes) else { return };
     match &frame {
-        ClientFrame::Send { id, to, body } => {
+        ClientFrame::Send { id, to, body, ephemeral } => {
             assert!((1..=ClientMsgId::MAX_LEN).contains(&id.as_str().len()), "send id {id:?}");
-            assert_eq!(UserId::parse(to.as_str()).as_ref(), Ok(to));
-            let delivery = Delivery {
-                msg: MsgId::parse("0193a1c2-7b1e-7c3d-8e4f-5a6b7c8d9e0f").expect("a valid UUID"),
-                from: to.clone(),
-                to: to.clone(),
-                body: body.clone(),
-                ts: 0,
-            };
-            // The recipient gets the same message in either encoding...
-            let message = ServerFrame::Message(Arc::new(delivery.clone()));
-            for out in CODECS {
-                assert_eq!(out.decode_server(&bytes_of(out.encode(&message))), Ok(message.clone()), "{out:?}");
+            assert!(!to.users().is_empty(), "a send names a recipient");
+            for user in to.users() {
+                assert_eq!(UserId::parse(user.as_str()).as_ref(), Ok(user));
             }
-            // ...from its inbox and from another node too.
-            let routed = Routed::Deliver { delivery, reply_to: Some(id.clone()), received_us: 0, stored_as: None };
-            round_trips(&routed, Routed::encode, Routed::decode);
+            let msg = MsgId::parse("0193a1c2-7b1e-7c3d-8e4f-5a6b7c8d9e0f").expect("a valid UUID");
+            let from = to.users()[0].clone();
+            let reply = (!ephemeral).then(|| ReplyTo { id: id.clone(), node: "node-a".into(), list: to.is_list() });
+            let letter = Letter { msg, from: from.clone(), body: body.clone(), ts: 0, reply, received_us: 0 };
+            for (seq, user) in to.users().iter().enumerate() {
+                let seq = (!ephemeral).then_some(seq as u64 + 1);
+                // The recipient gets the same message in either encoding,
+                // whether it is written from the letter or from a delivery...
+                let delivery = Delivery { msg, from: from.clone(), to: user.clone(), body: body.clone(), ts: 0, seq };
+                let message = ServerFrame::Message(Arc::new(delivery));
+                for out in CODECS {
+                    assert_eq!(out.decode_server(&bytes_of(out.encode(&message))), Ok(message.clone()), "{out:?}");
+                    let written = bytes_of(out.encode_message(&letter, user, seq));
+                    assert_eq!(out.decode_server(&written), Ok(message.clone()), "{out:?} from the letter");
+                }
+            }
+            // ...from its log and from another node too.
+            round_trips(&letter, Letter::encode, Letter::decode);
+            let to = to.users().iter().map(|user| Addressee { user: user.clone(), seq: None }).collect();
+            let envelope = Envelope {
+                node: "node-a".into(),
+                stream: msg.uuid(),
+                seq: 1,
+                items: vec![Item::Deliver { letter: Arc::new(letter), to }],
+            };
+            round_trips(&envelope, Envelope::encode, Envelope::decode);
         }
         ClientFrame::Presence { users } => assert!(users.len() <= MAX_PRESENCE_QUERY, "{} users", users.len()),
-        ClientFrame::Ack { .. } | ClientFrame::Ping => {}
+        ClientFrame::Ack { .. } | ClientFrame::AckUpTo { .. } | ClientFrame::Ping => {}
     }
     // What a client meant by the frame, written again in either encoding,
     // is read back as the same frame.
