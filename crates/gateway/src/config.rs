@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::Uri;
 use switchboard_presence::Mode;
+
+use crate::keys::{self, PublicKey};
 
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about = "WebSocket gateway for per-user messaging")]
@@ -60,6 +63,18 @@ pub struct ServeArgs {
     /// The `aud` client tokens must carry; unset: tokens that carry an `aud` are refused.
     #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// PEM public key (RSA: RS256, EC P-256: ES256) for client tokens: one FILE,
+    /// used whatever the token's `kid`, or KID=FILE, repeated, each used only
+    /// for its `kid` (the variable takes a comma-separated list).
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY", value_name = "[KID=]FILE", value_delimiter = ',')]
+    pub jwt_public_key: Vec<String>,
+    /// URL of a JWKS document whose RSA and EC P-256 keys verify client tokens.
+    #[arg(long, env = "SWITCHBOARD_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS document is fetched again (also at once, at most
+    /// every few seconds, when a token names an unknown `kid`).
+    #[arg(long, env = "SWITCHBOARD_JWKS_REFRESH", default_value = "5m", value_parser = duration)]
+    pub jwks_refresh: Duration,
     /// Bearer key for /v1/*; unset: the server API answers 403.
     #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -154,6 +169,10 @@ pub struct Config {
     pub redis_batch_window: Duration,
     pub jwt_secret: Option<String>,
     pub jwt_audience: Option<String>,
+    /// From `--jwt-public-key`, read and checked.
+    pub jwt_public_keys: Vec<PublicKey>,
+    pub jwks_url: Option<Uri>,
+    pub jwks_refresh: Duration,
     pub api_key: Option<String>,
     pub dev_insecure_auth: bool,
     pub demo: bool,
@@ -190,14 +209,26 @@ impl ServeArgs {
 
     pub fn validate(self) -> Result<Config, ConfigError> {
         let bad = |setting, problem: &str| Err(ConfigError { setting, problem: problem.to_owned() });
-        if self.jwt_secret.is_none() && !self.dev_insecure_auth {
-            return bad("jwt-secret", "set a secret (or --dev-insecure-auth for development): no client could log in");
+        if self.jwt_secret.is_none()
+            && self.jwt_public_key.is_empty()
+            && self.jwks_url.is_none()
+            && !self.dev_insecure_auth
+        {
+            let problem = "set a secret, --jwt-public-key or --jwks-url (or --dev-insecure-auth for development): \
+                           no client could log in";
+            return bad("jwt-secret", problem);
         }
         if self.jwt_secret.as_deref() == Some("") {
             return bad("jwt-secret", "must not be empty");
         }
         if self.jwt_audience.as_deref() == Some("") {
             return bad("jwt-audience", "must not be empty");
+        }
+        let jwt_public_keys = keys::read_key_files(&self.jwt_public_key)
+            .map_err(|e| ConfigError { setting: "jwt-public-key", problem: e.to_string() })?;
+        let jwks_url = self.jwks_url.as_deref().map(jwks_url).transpose()?;
+        if self.jwks_refresh < Duration::from_secs(1) {
+            return bad("jwks-refresh", "must be at least 1s");
         }
         if self.api_key.as_deref() == Some("") {
             return bad("api-key", "must not be empty");
@@ -271,6 +302,9 @@ impl ServeArgs {
             redis_batch_window: self.redis_batch_window,
             jwt_secret: self.jwt_secret,
             jwt_audience: self.jwt_audience,
+            jwt_public_keys,
+            jwks_url,
+            jwks_refresh: self.jwks_refresh,
             api_key: self.api_key,
             dev_insecure_auth: self.dev_insecure_auth,
             demo: self.demo,
@@ -302,6 +336,19 @@ impl Config {
     pub fn idle_after(&self) -> Duration {
         self.heartbeat.mul_f32(2.5)
     }
+}
+
+/// An `http` or `https` URL with a host and no user info.
+fn jwks_url(text: &str) -> Result<Uri, ConfigError> {
+    let bad =
+        || ConfigError { setting: "jwks-url", problem: "must be an http:// or https:// URL with a host".to_owned() };
+    let url: Uri = text.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
+    let authority = url.authority().ok_or_else(bad)?;
+    if !scheme_ok || authority.host().is_empty() || authority.as_str().contains('@') {
+        return Err(bad());
+    }
+    Ok(url)
 }
 
 fn default_node_id() -> String {
@@ -346,5 +393,27 @@ mod tests {
         assert!(parse(&["--jwt-secret", "s", "--rate-limit", "0"]).unwrap_err().contains("--rate-limit"));
         assert!(parse(&[]).unwrap_err().contains("--jwt-secret"));
         assert!(parse(&["--dev-insecure-auth", "--node-id", "a{b}"]).unwrap_err().contains("--node-id"));
+    }
+
+    #[test]
+    fn public_keys_and_jwks_are_checked_at_start() {
+        for (args, setting) in [
+            (&["--jwt-public-key", "/no/such.pem"][..], "--jwt-public-key"),
+            (&["--jwt-public-key", "a=/x.pem,=/y.pem"], "--jwt-public-key"),
+            (&["--jwt-public-key", "/x.pem", "--jwt-public-key", "b=/y.pem"], "--jwt-public-key"),
+            (&["--jwks-url", "ftp://keys.example/jwks.json"], "--jwks-url"),
+            (&["--jwks-url", "keys.example/jwks.json"], "--jwks-url"),
+            (&["--jwks-url", "https://user:pw@keys.example/jwks.json"], "--jwks-url"),
+            (&["--jwks-url", "http://127.0.0.1:1/", "--jwks-refresh", "10ms"], "--jwks-refresh"),
+            (&["--jwks-url", "http://127.0.0.1:1/", "--jwks-refresh", "soon"], "--jwks-refresh"),
+        ] {
+            let error = parse(args).unwrap_err();
+            assert!(error.contains(setting), "{args:?}: {error}");
+        }
+        // A JWKS alone is enough to let clients in.
+        let config = parse(&["--jwks-url", "https://keys.example/.well-known/jwks.json"]).unwrap();
+        assert_eq!(config.jwks_url.unwrap().host(), Some("keys.example"));
+        assert_eq!(config.jwks_refresh, Duration::from_secs(300));
+        assert!(config.jwt_public_keys.is_empty() && config.jwt_secret.is_none());
     }
 }

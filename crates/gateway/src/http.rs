@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::api;
+use crate::auth::{Credentials, TOKEN_PROTOCOL_PREFIX};
 use crate::connection::{self, Session};
 use crate::demo;
 use crate::node::Node;
@@ -87,7 +88,7 @@ pub async fn accept(listener: TcpListener, node: Arc<Node>, stop: CancellationTo
 
 async fn route(node: &Arc<Node>, peer: IpAddr, req: Request<Incoming>) -> Response<HttpBody> {
     match req.uri().path() {
-        "/ws" => upgrade(node, peer, req),
+        "/ws" => upgrade(node, peer, req).await,
         path if path.starts_with("/v1/") => api::handle(node, req).await,
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if node.is_ready() => text(StatusCode::OK, "ready\n"),
@@ -99,14 +100,30 @@ async fn route(node: &Arc<Node>, peer: IpAddr, req: Request<Incoming>) -> Respon
     }
 }
 
-fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Response<HttpBody> {
+async fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Response<HttpBody> {
     if node.drain.is_cancelled() {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is restarting; connect to another");
     }
     let Some(key) = websocket_key(&req) else {
         return json_error(StatusCode::BAD_REQUEST, "not_websocket", "expected a WebSocket upgrade (version 13)");
     };
-    let identity = match node.auth.authenticate(req.headers(), req.uri().query()) {
+    let query = |name: &str| {
+        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    };
+    let (query_token, dev_user) = (query("token"), query("user"));
+    let credentials = Credentials {
+        bearer: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ")),
+        subprotocol: offered_protocols(req.headers()).find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX)),
+        query_token: query_token.as_deref(),
+        dev_user: dev_user.as_deref(),
+    };
+    let identity = match node.auth.authenticate(&credentials).await {
         Ok(identity) => identity,
         Err(error) => {
             return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
@@ -118,9 +135,9 @@ fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Respon
     };
     // The token's device claim wins over the query's.
     let device = identity.device.or(device).unwrap_or_else(DeviceId::default_device);
-    let Ok(codec) = negotiate(req.headers()) else {
-        let message = "supported subprotocols: switchboard.v1.json, switchboard.v1.msgpack";
-        return json_error(StatusCode::BAD_REQUEST, "unsupported_protocol", message);
+    let codec = match negotiate(req.headers()) {
+        Ok(codec) => codec,
+        Err(message) => return json_error(StatusCode::BAD_REQUEST, "unsupported_protocol", message),
     };
     let Ok(permit) = node.capacity.clone().try_acquire_owned() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "node is full; connect to another");
@@ -150,7 +167,8 @@ fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> Respon
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    if offered_protocols(req.headers()).next().is_some() {
+    // Only the codec is named: a token entry is never echoed back.
+    if offered_codecs(req.headers()).next().is_some() {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(codec.protocol()));
     }
     response
@@ -221,11 +239,23 @@ fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|p| !p.is_empty())
 }
 
-/// The first offered protocol we speak; JSON when none is offered.
-fn negotiate(headers: &HeaderMap) -> Result<Codec, ()> {
-    let mut offered = offered_protocols(headers).peekable();
+/// The offered entries that name a protocol, not a token.
+fn offered_codecs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    offered_protocols(headers).filter(|p| !p.starts_with(TOKEN_PROTOCOL_PREFIX))
+}
+
+/// The first offered protocol we speak; JSON when none is offered. A token
+/// entry alone does not do: a browser that offers protocols fails the
+/// handshake unless the server selects one of them, and a token is not one
+/// to select.
+fn negotiate(headers: &HeaderMap) -> Result<Codec, &'static str> {
+    let mut offered = offered_codecs(headers).peekable();
     if offered.peek().is_none() {
+        if offered_protocols(headers).next().is_some() {
+            return Err("a switchboard.token.<jwt> entry needs a protocol beside it: \
+                        switchboard.v1.json or switchboard.v1.msgpack");
+        }
         return Ok(Codec::Json);
     }
-    offered.find_map(Codec::from_protocol).ok_or(())
+    offered.find_map(Codec::from_protocol).ok_or("supported subprotocols: switchboard.v1.json, switchboard.v1.msgpack")
 }

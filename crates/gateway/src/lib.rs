@@ -10,6 +10,8 @@ mod connection;
 mod demo;
 mod http;
 mod hub;
+mod jwks;
+mod keys;
 mod limits;
 mod node;
 mod respond;

@@ -75,8 +75,10 @@ impl Node {
         result
     }
 
+    /// Not while draining, nor while the backend is unreachable, nor while
+    /// a configured JWKS was never fetched.
     pub fn is_ready(&self) -> bool {
-        !self.drain.is_cancelled() && self.backend.is_ready()
+        !self.drain.is_cancelled() && self.backend.is_ready() && self.auth.is_ready()
     }
 
     /// When, after the drain starts, one connection is closed: spread over

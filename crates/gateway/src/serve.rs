@@ -26,6 +26,8 @@ use crate::node::Node;
 pub enum ServeError {
     #[error("cannot start the backend: {0}")]
     Backend(#[from] switchboard_presence::BackendError),
+    #[error("cannot fetch --jwks-url: {0}")]
+    Jwks(crate::jwks::JwksError),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` resolves, then
@@ -36,6 +38,8 @@ pub async fn serve(
     metrics_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Before the backend: nothing is left to stop if this fails.
+    let auth = Authenticator::new(&config).map_err(ServeError::Jwks)?;
     let metrics = Metrics::new(&config.node_id);
     let hub = Arc::new(Hub::default());
     let counters = Counters {
@@ -63,12 +67,14 @@ pub async fn serve(
     if config.dev_insecure_auth {
         tracing::warn!("INSECURE: --dev-insecure-auth accepts ?user=ID without a token; never use it in production");
     }
+    if let Some(url) = &config.jwks_url
+        && url.scheme_str() == Some("http")
+        && !is_loopback(url)
+    {
+        tracing::warn!(%url, "--jwks-url is plain http: whoever sits on the way can hand this node keys");
+    }
     let node = Arc::new(Node {
-        auth: Authenticator::new(
-            config.jwt_secret.as_deref(),
-            config.jwt_audience.as_deref(),
-            config.dev_insecure_auth,
-        ),
+        auth,
         capacity: Arc::new(Semaphore::new(config.max_connections)),
         per_ip: Arc::new(ConnectionsPerIp::new(config.max_connections_per_ip)),
         config,
@@ -85,6 +91,9 @@ pub async fn serve(
     let background = TaskTracker::new();
     background.spawn(http::accept(public, node.clone(), stop.clone()));
     background.spawn(switchboard_metrics::serve(metrics_listener, node.metrics.clone(), stop.clone()));
+    if let Some(jwks) = node.auth.jwks() {
+        background.spawn(jwks.clone().run(node.config.jwks_refresh, stop.clone()));
+    }
     background.close();
 
     shutdown.await;
@@ -102,4 +111,9 @@ pub async fn serve(
     background.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn is_loopback(url: &::http::Uri) -> bool {
+    let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -4,7 +4,10 @@
 
 use serde_json::json;
 use switchboard_protocol::{AcceptStatus, Codec};
-use switchboard_testkit::{Client, Connect, ConnectError, NodeProcess, SECRET, get, switchboard_bin, within};
+use switchboard_testkit::{
+    Client, Connect, ConnectError, JwksServer, KeyDir, NodeProcess, SECRET, TestKey, eventually, get, jwks,
+    switchboard_bin, within,
+};
 use tokio::process::Command;
 
 async fn run(args: &[&str]) -> (Option<i32>, String, String) {
@@ -27,6 +30,34 @@ async fn bad_settings_exit_64_naming_the_setting() {
         let (code, _, stderr) = run(&args).await;
         assert_eq!(code, Some(64), "{args:?}: {stderr}");
         assert!(stderr.contains(setting), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn bad_token_keys_exit_64_naming_the_setting() {
+    let (dir, key) = (KeyDir::new(), TestKey::ec());
+    let not_pem = dir.write("junk.pem", "not a key\n");
+    let private = dir.write("private.pem", key.private_pem());
+    let public = dir.write("public.pem", key.public_pem());
+    let kid_file = |kid: &str, file: &str| format!("{kid}={file}");
+    for (args, setting, problem) in [
+        (vec!["--jwt-public-key", &not_pem], "--jwt-public-key", "not a PEM file"),
+        (vec!["--jwt-public-key", &private], "--jwt-public-key", "a private key"),
+        (vec!["--jwt-public-key", "/no/such/key.pem"], "--jwt-public-key", "/no/such/key.pem"),
+        (vec!["--jwt-public-key", &kid_file("", &public)], "--jwt-public-key", "KID=FILE"),
+        (
+            vec!["--jwt-public-key", &public, "--jwt-public-key", &kid_file("b", &public)],
+            "--jwt-public-key",
+            "KID=FILE",
+        ),
+        (vec!["--jwks-url", "not a url"], "--jwks-url", "http"),
+        (vec!["--jwks-url", "ftp://keys.example/jwks.json"], "--jwks-url", "http"),
+        (vec!["--jwks-url", "http://127.0.0.1:1/jwks.json", "--jwks-refresh", "0s"], "--jwks-refresh", "1s"),
+    ] {
+        let args: Vec<&str> = ["serve"].into_iter().chain(args).collect();
+        let (code, _, stderr) = run(&args).await;
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(setting) && stderr.contains(problem), "{args:?}: {stderr}");
     }
 }
 
@@ -99,4 +130,22 @@ async fn sigterm_drains_with_1012_and_exits_cleanly() {
     // The stuck client is cut at the grace deadline; then the node exits 0.
     assert_eq!(node.wait().await, Some(0));
     drop(stuck);
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_jwks_fetch_in_flight() {
+    let key = TestKey::ec();
+    let server = JwksServer::start(&jwks(&[("k1", &key)])).await;
+    let mut node =
+        NodeProcess::start(&["--jwks-url", &server.url(), "--jwks-refresh", "1s", "--shutdown-grace", "1s"]).await;
+    eventually("the node to fetch its keys", || async { get(node.public, "/readyz", &[]).await.status == 200 }).await;
+    // The next refresh waits for an answer that never comes (up to the
+    // fetch's own 10 s timeout); the shutdown must not wait for it.
+    server.hang();
+    let taken = server.requests();
+    server.wait_for_requests(taken + 1).await;
+    let signalled = std::time::Instant::now();
+    node.terminate().await;
+    assert_eq!(node.wait().await, Some(0));
+    assert!(signalled.elapsed() < std::time::Duration::from_secs(8), "stopped after {:?}", signalled.elapsed());
 }

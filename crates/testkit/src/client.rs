@@ -46,6 +46,8 @@ pub enum ConnectError {
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub codec: Codec,
+    /// The server's `Sec-WebSocket-Protocol`, when it sent one.
+    pub protocol: Option<String>,
     pub welcome: Welcome,
 }
 
@@ -107,13 +109,10 @@ impl Client {
             },
             other => ConnectError::Other(other.to_string()),
         })?;
-        let codec = response
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Codec::from_protocol)
-            .unwrap_or(Codec::Json);
-        let mut client = Self { ws, codec, welcome: placeholder_welcome() };
+        let protocol =
+            response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let codec = protocol.as_deref().and_then(Codec::from_protocol).unwrap_or(Codec::Json);
+        let mut client = Self { ws, codec, protocol, welcome: placeholder_welcome() };
         match client.recv().await {
             ServerFrame::Welcome(welcome) => client.welcome = welcome,
             other => panic!("expected welcome, got {other:?}"),

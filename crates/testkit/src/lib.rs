@@ -9,6 +9,8 @@
 
 mod client;
 mod http;
+mod jwks;
+mod keys;
 mod metrics;
 mod node;
 mod proxy;
@@ -16,6 +18,8 @@ mod redis;
 
 pub use client::{Client, Connect, ConnectError, silent_client};
 pub use http::{HttpResponse, get, post_json};
+pub use jwks::{JWKS_PATH, JwksServer};
+pub use keys::{KeyDir, TestKey, jwks};
 pub use metrics::{Scrape, scrape};
 pub use node::{NodeProcess, switchboard_bin};
 pub use proxy::ChaosProxy;

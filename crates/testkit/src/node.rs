@@ -46,8 +46,14 @@ impl NodeProcess {
 
     /// Starts `switchboard` with exactly `args`.
     pub async fn start_exact(args: Vec<String>) -> Self {
+        Self::start_exact_env(args, &[]).await
+    }
+
+    /// Starts `switchboard` with exactly `args` and these variables set.
+    pub async fn start_exact_env(args: Vec<String>, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(switchboard_bin())
             .args(&args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn,fred=error".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
