@@ -1,7 +1,9 @@
-//! Open-loop 1:1 chat traffic: messages at a fixed rate between connected
-//! users, cross-node where there are several nodes, measured end to end
-//! (latency, losses, duplicates) together with what the servers spent on it
-//! (CPU time and memory of the node and Redis processes).
+//! Open-loop chat traffic: messages at a fixed rate between connected users,
+//! 1:1 or to a group (one send to a list of recipients), cross-node where
+//! there are several nodes, measured end to end (latency, losses,
+//! duplicates, per delivery: one message on one recipient's connection)
+//! together with what the servers spent on it (CPU time and memory of the
+//! node and Redis processes).
 //!
 //! Open loop: a scheduler issues sends on a fixed timetable whatever the
 //! server answers. Each connection has a writer task fed through a bounded
@@ -92,15 +94,24 @@ pub struct Load {
     /// Size of each message body (JSON text) in bytes.
     #[arg(long, default_value_t = 100)]
     pub body_bytes: usize,
-    /// Recipients ack every message (in durable mode this empties the inboxes).
+    /// Recipients ack every message (in durable mode this empties the logs).
     #[arg(long)]
     pub ack: bool,
+    /// Recipients of each send, distinct users other than the sender spread over every node; more
+    /// than 1 sends to a list (the nodes' --max-recipients must allow it).
+    #[arg(long, default_value_t = 1)]
+    #[serde(default = "one")]
+    pub recipients: usize,
     /// Client encoding.
     #[arg(long, value_enum, default_value = "json")]
     pub protocol: Protocol,
     /// Seed of the choice of senders and recipients; random when left out.
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Load {
@@ -126,6 +137,9 @@ impl Load {
         if self.body_bytes > MAX_BODY_BYTES {
             bail!("body_bytes must be at most {MAX_BODY_BYTES}");
         }
+        if self.recipients == 0 || self.recipients >= self.users {
+            bail!("recipients must be 1 to users - 1");
+        }
         Ok(())
     }
 }
@@ -135,7 +149,8 @@ pub(crate) type Socket = WebSocketStream<tokio::net::TcpStream>;
 /// One message for a writer to send.
 struct Outgoing {
     seq: u64,
-    to: u32,
+    /// One user, or the list of a group send.
+    to: Vec<u32>,
     /// When the scheduler issued it, Unix microseconds; goes into the body.
     t_us: u64,
 }
@@ -144,6 +159,8 @@ struct Outgoing {
 struct Shared {
     codec: Codec,
     ack: bool,
+    /// Recipients per send: deliveries per accepted message.
+    recipients: u64,
     /// Prefix of this run's send ids, so that a rerun within the server's
     /// 10-minute dedupe memory does not reuse ids.
     run: String,
@@ -163,7 +180,7 @@ struct Shared {
     stored_window: AtomicU64,
     /// Window sends answered, by `accepted` or by `error`.
     answered_window: AtomicU64,
-    /// Distinct messages of the window delivered.
+    /// Distinct deliveries (message, recipient) of the window.
     delivered_window: AtomicU64,
     latency: Vec<Mutex<Histogram<u64>>>,
 }
@@ -171,6 +188,11 @@ struct Shared {
 impl Shared {
     fn accepted_window(&self) -> u64 {
         self.routed_window.load(Ordering::Relaxed) + self.stored_window.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries the accepted messages of the window owe.
+    fn owed_window(&self) -> u64 {
+        self.accepted_window() * self.recipients
     }
 
     fn in_window_seq(&self, id: &ClientMsgId) -> Option<bool> {
@@ -220,6 +242,7 @@ pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow:
     let shared = Arc::new(Shared {
         codec,
         ack: load.ack,
+        recipients: load.recipients as u64,
         run: run_id,
         window_first_seq,
         window_start_us: AtomicU64::new(u64::MAX),
@@ -293,7 +316,11 @@ pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow:
             }
             let from = order[next] as usize;
             next += 1;
-            let to = recipient(&mut rng, from, load.users, nodes);
+            let to = if load.recipients == 1 {
+                vec![recipient(&mut rng, from, load.users, nodes)]
+            } else {
+                group(&mut rng, from, load.users, load.recipients)
+            };
             let t_us = if issued < window_first_seq { warmup_t_us } else { t_us };
             match queues[from].try_send(Outgoing { seq: issued, to, t_us }) {
                 Ok(()) => {
@@ -325,10 +352,7 @@ pub async fn run(targets: &Targets, load: &Load, label: Option<&str>) -> anyhow:
         let pending = shared.pending_window.load(Ordering::SeqCst);
         let sent = shared.sent_window.load(Ordering::SeqCst);
         let answered = shared.answered_window.load(Ordering::SeqCst);
-        if pending == 0
-            && answered >= sent
-            && shared.delivered_window.load(Ordering::SeqCst) >= shared.accepted_window()
-        {
+        if pending == 0 && answered >= sent && shared.delivered_window.load(Ordering::SeqCst) >= shared.owed_window() {
             break true;
         }
         if Instant::now() >= drain_deadline {
@@ -409,6 +433,15 @@ pub(crate) fn ensure_fits_targets(targets: &Targets, rate: f64, users: usize) ->
         );
     }
     Ok(())
+}
+
+/// `count` distinct recipients for `from`, drawn from every other user: since
+/// users are spread over the nodes in turn, so are they.
+fn group(rng: &mut SmallRng, from: usize, users: usize, count: usize) -> Vec<u32> {
+    rand::seq::index::sample(rng, users - 1, count)
+        .into_iter()
+        .map(|to| (if to >= from { to + 1 } else { to }) as u32)
+        .collect()
 }
 
 /// Connects users u-0 .. u-`users` as [`Targets::route`] spreads them, and
@@ -567,9 +600,14 @@ async fn write_loop(
 /// timestamp, a dash and at most 20 digits are far below 64 bytes).
 fn send_frame(shared: &Shared, out: &Outgoing) -> Option<Message> {
     let body = format!(r#"{{"t":{},"p":"{}"}}"#, out.t_us, shared.padding);
+    let user = |to: &u32| shared.user_ids[*to as usize].clone();
+    let to = match out.to.as_slice() {
+        [one] => To::One(user(one)),
+        many => To::Many(many.iter().map(user).collect()),
+    };
     let frame = ClientFrame::Send {
         id: ClientMsgId::parse(&format!("{}{}", shared.run, out.seq)).ok()?,
-        to: To::One(shared.user_ids[out.to as usize].clone()),
+        to,
         body: Body::from_json(&body).ok()?,
         ephemeral: false,
     };
@@ -711,6 +749,7 @@ pub struct ChatReport {
     users: usize,
     protocol: &'static str,
     ack: bool,
+    recipients_per_send: usize,
     body_bytes: usize,
     warmup_seconds: f64,
     pub duration_seconds: f64,
@@ -728,11 +767,12 @@ pub struct ChatReport {
     accepted_routed: u64,
     accepted_stored: u64,
     unanswered: u64,
-    /// Distinct messages of the window delivered.
+    /// Distinct deliveries (message, recipient) of the window.
     pub delivered: u64,
     pub delivered_rate: f64,
     duplicates: u64,
-    /// Accepted messages of the window not delivered by the end of the drain.
+    /// Deliveries owed by the accepted messages of the window and not made
+    /// by the end of the drain.
     pub lost: u64,
     delivered_from_warmup_or_earlier: u64,
     errors: BTreeMap<String, u64>,
@@ -745,7 +785,7 @@ pub struct ChatReport {
     drained: bool,
     drain_seconds: f64,
     pub latency_ms: Latency,
-    /// Server CPU (nodes and Redis) per delivered message.
+    /// Server CPU (nodes and Redis) per delivery.
     pub cpu_us_per_message: f64,
     processes: Vec<ProcessCost>,
     load_generator_cpu_seconds: f64,
@@ -835,6 +875,7 @@ impl Measured<'_> {
             users: load.users,
             protocol: load.protocol.codec().protocol(),
             ack: load.ack,
+            recipients_per_send: load.recipients,
             body_bytes: load.body_bytes,
             warmup_seconds: load.warmup.as_secs_f64(),
             duration_seconds: load.duration.as_secs_f64(),
@@ -854,7 +895,7 @@ impl Measured<'_> {
             delivered,
             delivered_rate: delivered as f64 / load.duration.as_secs_f64(),
             duplicates: sum(|s| s.duplicates),
-            lost: accepted.saturating_sub(delivered),
+            lost: shared.owed_window().saturating_sub(delivered),
             delivered_from_warmup_or_earlier: sum(|s| s.delivered_warmup),
             errors,
             errors_in_warmup: sum(|s| s.errors_warmup),
@@ -904,11 +945,13 @@ impl ChatReport {
     /// The report as a few readable lines.
     pub fn print(&self) {
         println!(
-            "chat: {} node(s), {} users, {}, offered {}/s for {:.1}s after {:.1}s warmup, body {} B, ack {}",
+            "chat: {} node(s), {} users, {}, offered {}/s to {} recipient(s) each for {:.1}s after {:.1}s warmup, \
+             body {} B, ack {}",
             self.nodes.len(),
             self.users,
             self.protocol,
             self.offered_rate,
+            self.recipients_per_send,
             self.duration_seconds,
             self.warmup_seconds,
             self.body_bytes,
@@ -931,7 +974,7 @@ impl ChatReport {
             self.accepted, self.accepted_routed, self.accepted_stored, self.unanswered
         );
         println!(
-            "  delivered  {} distinct ({:.1}/s); duplicates {}; lost {}; {} (after {:.2}s)",
+            "  delivered  {} distinct deliveries ({:.1}/s); duplicates {}; lost {}; {} (after {:.2}s)",
             self.delivered,
             self.delivered_rate,
             self.duplicates,
@@ -959,7 +1002,7 @@ impl ChatReport {
             );
         }
         println!(
-            "  cpu        total {:.2}s, {:.1} us per delivered message; load generator {:.2}s",
+            "  cpu        total {:.2}s, {:.1} us per delivery; load generator {:.2}s",
             self.processes.iter().map(|p| p.cpu_seconds).sum::<f64>(),
             self.cpu_us_per_message,
             self.load_generator_cpu_seconds
