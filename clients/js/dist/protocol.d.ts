@@ -2,8 +2,12 @@
 export type Json = null | boolean | number | string | Json[] | {
     [key: string]: Json;
 };
-/** The subprotocol this client offers: JSON objects in text frames. */
+/** The JSON subprotocol: JSON objects in text frames. */
 export declare const SUBPROTOCOL = "switchboard.v1.json";
+/** The MessagePack subprotocol: the same objects as MessagePack maps in binary frames. */
+export declare const MSGPACK_SUBPROTOCOL = "switchboard.v1.msgpack";
+/** The prefix of the subprotocol entry that carries a token (browsers cannot set headers). */
+export declare const TOKEN_SUBPROTOCOL_PREFIX = "switchboard.token.";
 /** The close codes the server sends, by meaning. */
 export declare const CloseCode: {
     /** Nothing arrived from the client for 2.5 heartbeats. */
@@ -22,6 +26,10 @@ export declare const CloseCode: {
     readonly TryAgainLater: 1013;
     /** Not sent by anyone: the connection failed or could not be opened. */
     readonly Abnormal: 1006;
+    /** The connection's token expired: reconnect with a fresh one. */
+    readonly TokenExpired: 4001;
+    /** The application backend disconnected this user (`POST /v1/disconnect`): do not reconnect. */
+    readonly Disconnected: 4003;
 };
 /** First frame of every connection. */
 export interface Welcome {
@@ -31,7 +39,15 @@ export interface Welcome {
     node: string;
     heartbeat_ms: number;
     epoch: string;
+    /** The connection's device. */
+    device?: string;
+    /** The user's latest seq: the replay that follows ends there. */
+    seq?: number;
+    /** When the connection's token expires, in seconds since the Unix epoch. */
+    exp?: number;
 }
+/** What one recipient's part of a send became. */
+export type DeliveryStatus = 'routed' | 'stored' | 'offline';
 /** The node took responsibility for a send. */
 export interface Accepted {
     type: 'accepted';
@@ -39,26 +55,36 @@ export interface Accepted {
     id: string;
     /** The message id the server assigned (UUID v7). */
     msg: string;
-    /** `routed`: on its way to a live connection; `stored`: waiting in the inbox. */
-    status: 'routed' | 'stored';
+    /**
+     * `routed`: on its way to a live connection of a recipient; `stored`:
+     * waiting in the log; `offline` (ephemeral sends): nobody was reached.
+     */
+    status: DeliveryStatus;
+    /** For a send to a list: each recipient's own status. */
+    recipients?: Record<string, DeliveryStatus>;
 }
 /** A message for this connection's user. */
 export interface Message {
     type: 'message';
     msg: string;
     from: string;
+    /** The recipient this frame is for. */
     to: string;
     body: Json;
     /** When the accepting node received it, in milliseconds since the Unix epoch. */
     ts: number;
+    /** Its place in the recipient's log; absent for a live-only message (fast mode, ephemeral). */
+    seq?: number;
 }
-/** The recipient acked one of this user's messages. */
+/** A recipient acked one of this user's messages. */
 export interface Receipt {
     type: 'receipt';
     /** The sender's id of the send. */
     id: string;
     msg: string;
     status: 'delivered';
+    /** For a send to a list: the recipient who acked. */
+    user?: string;
 }
 /** Answer to a presence query: each queried user once. */
 export interface PresenceAnswer {
@@ -68,6 +94,11 @@ export interface PresenceAnswer {
 export interface Pong {
     type: 'pong';
 }
+/** Answer to a `refresh`: the connection now lasts until `exp`. */
+export interface Refreshed {
+    type: 'refreshed';
+    exp: number;
+}
 /** A frame was refused; `id` is there when it refers to a send. */
 export interface ErrorFrame {
     type: 'error';
@@ -75,38 +106,59 @@ export interface ErrorFrame {
     code: string;
     message: string;
 }
-export type ServerFrame = Welcome | Accepted | Message | Receipt | PresenceAnswer | Pong | ErrorFrame;
+export type ServerFrame = Welcome | Accepted | Message | Receipt | PresenceAnswer | Pong | Refreshed | ErrorFrame;
 export type ClientFrame = {
     type: 'send';
     id: string;
-    to: string;
+    to: string | string[];
     body: Json;
+    ephemeral?: true;
 } | {
     type: 'ack';
     msg: string;
+} | {
+    type: 'ack';
+    seq: number;
 } | {
     type: 'ping';
 } | {
     type: 'presence';
     users: string[];
+} | {
+    type: 'refresh';
+    token: string;
 };
 /** At most this many users in one presence query. */
 export declare const MAX_PRESENCE_USERS = 100;
 /** Whether `user` is a valid user id: 1 to 128 bytes of `A-Z a-z 0-9 _ . : @ -`. */
 export declare function isUserId(user: string): boolean;
+/** Whether `device` is a valid device id: 1 to 64 bytes of `A-Z a-z 0-9 _ . : @ -`. */
+export declare function isDeviceId(device: string): boolean;
 /** The length of `text` in UTF-8 bytes (send ids are limited in bytes). */
 export declare function utf8Length(text: string): number;
 /**
  * A failure the client reports: the server's error code (`rate_limited`,
- * `invalid_recipient`...) or one of the client's own:
+ * `invalid_recipient`, `bad_token`...) or one of the client's own:
  * `client_closed` (the client was closed before an answer came),
+ * `connection_lost` (an ephemeral send whose connection ended unanswered),
+ * `disconnected` (the backend disconnected the user: close 4003),
  * `duplicate_id` (a send with this id is still pending),
  * `frame_too_large` (the node closed the connection with 1009 on this send),
+ * `not_connected` (an ephemeral send while no connection is open),
  * `token_failed` (the token callback threw),
  * `transport_failed` (the transport could not open a socket),
- * `unreadable_frame` (the server sent something that is not a JSON frame).
+ * `unreadable_frame` (the server sent something that is not a frame).
  */
 export declare class SwitchboardError extends Error {
     readonly code: string;
     constructor(code: string, message: string);
 }
+/** How frames are written and read: JSON in text frames, or MessagePack in binary frames. */
+export interface Codec {
+    /** The subprotocol that names this encoding. */
+    readonly protocol: string;
+    encode(frame: object): string | Uint8Array;
+    /** Reads a frame: text frames are JSON whatever the codec, binary frames MessagePack. */
+    decode(data: string | ArrayBuffer): unknown;
+}
+export declare const jsonCodec: Codec;

@@ -1,10 +1,10 @@
 /** What the client asks a transport to open. */
 export interface ConnectRequest {
-    /** The WebSocket URL, with `?user=` already added for development auth. */
+    /** The WebSocket URL, with `?device=` (and `?user=`, `?since=`) already added. */
     url: string;
     /** The JWT for this attempt, when the client has one. */
     token?: string;
-    /** The subprotocol to offer. */
+    /** The codec's subprotocol to offer. */
     protocol: string;
 }
 /**
@@ -13,13 +13,14 @@ export interface ConnectRequest {
  * after the client itself called `Transport.close`.
  */
 export interface TransportEvents {
-    message(text: string): void;
+    /** A text frame (a string) or a binary one (an `ArrayBuffer`). */
+    message(data: string | ArrayBuffer): void;
     close(code: number, reason: string): void;
 }
 /** One connection. */
 export interface Transport {
-    /** Writes a text frame. A failed write is reported through `close`, never thrown. */
-    send(text: string): void;
+    /** Writes a text frame (a string) or a binary one. A failed write is reported through `close`, never thrown. */
+    send(data: string | Uint8Array): void;
     close(code: number, reason: string): void;
 }
 /** Opens a connection and reports what happens to it through `events`. */
@@ -33,25 +34,26 @@ export declare function withQuery(url: string, name: string, value: string): str
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket;
 /**
  * The browser's `WebSocket` (also Node's, from version 22 or with
- * `--experimental-websocket`). The token travels as `?token=`.
+ * `--experimental-websocket`). The token travels in the subprotocol list,
+ * beside the codec's protocol, so it appears in no URL; the server never
+ * echoes it.
  */
 export declare function browserTransport(WebSocketClass?: WebSocketConstructor): TransportFactory;
-/** The part of a mini-program's `wx` this client uses. */
-export interface WxSocketApi {
-    connectSocket(options: {
-        url: string;
-        header?: Record<string, string>;
-        protocols?: string[];
-        tcpNoDelay?: boolean;
-        fail?: (result: {
-            errMsg: string;
-        }) => void;
-    }): WxSocketTask;
+/** The options of `connectSocket`, as WeChat, uni-app and Taro take them. */
+export interface SocketOptions {
+    url: string;
+    header?: Record<string, string>;
+    protocols?: string[];
+    tcpNoDelay?: boolean;
+    fail?: (result: {
+        errMsg: string;
+    }) => void;
+    complete?: () => void;
 }
-/** A mini-program's `SocketTask`. */
-export interface WxSocketTask {
+/** A mini-program's `SocketTask` (WeChat, uni-app and Taro have the same). */
+export interface SocketTask {
     send(options: {
-        data: string;
+        data: string | ArrayBuffer;
         fail?: (result: {
             errMsg: string;
         }) => void;
@@ -71,11 +73,66 @@ export interface WxSocketTask {
         errMsg: string;
     }) => void): void;
 }
-/**
- * A WeChat mini-program's socket task (`wx.connectSocket`). The token
- * travels in the `Authorization` header. Pass the `wx` object; it defaults
- * to the global one.
- */
+/** The part of a mini-program's `wx` (or `uni`) the transport uses. */
+export interface WxSocketApi {
+    connectSocket(options: SocketOptions): SocketTask;
+}
+/** The part of Taro the transport uses: its `connectSocket` answers a promise of the task. */
+export interface TaroSocketApi {
+    connectSocket(options: SocketOptions): Promise<SocketTask>;
+}
+/** A WeChat mini-program's socket task (`wx.connectSocket`). Pass `wx`; it defaults to the global one. */
 export declare function wxTransport(wxApi?: WxSocketApi): TransportFactory;
-/** The browser transport where there is a global `WebSocket`, else the mini-program one. */
+/** A uni-app socket task (`uni.connectSocket`). Pass `uni`; it defaults to the global one. */
+export declare function uniTransport(uniApi?: WxSocketApi): TransportFactory;
+/** A Taro socket task (`Taro.connectSocket`, which answers a promise). Pass the `Taro` object. */
+export declare function taroTransport(taroApi: TaroSocketApi): TransportFactory;
+/** The browser transport where there is a global `WebSocket`, else the WeChat one. */
 export declare function defaultTransport(): TransportFactory;
+/**
+ * Where the client keeps what must outlive it: the device id, the seq
+ * each user's messages were processed up to, and the unanswered sends.
+ * `localStorage` is one.
+ */
+export interface ClientStorage {
+    getItem(key: string): string | null | undefined;
+    /** Writes before returning (the device id). */
+    setItem(key: string, value: string): void;
+    /** Writes in the background where the platform can (the outbox, the seqs); default: `setItem`. */
+    setItemLater?(key: string, value: string): void;
+}
+/** The storage calls of `wx`, `uni` and `Taro`. */
+export interface MiniProgramStorageApi {
+    getStorageSync(key: string): unknown;
+    setStorageSync(key: string, data: string): void;
+    setStorage(options: {
+        key: string;
+        data: string;
+    }): void;
+}
+/**
+ * A mini-program's storage (`wx`, `uni` or `Taro`): the device id with
+ * `setStorageSync`, everything written often with `setStorage`, which
+ * does not block the app.
+ */
+export declare function miniProgramStorage(api: MiniProgramStorageApi): ClientStorage;
+/** `localStorage` where there is one, a mini-program's storage where there is `wx`, else none. */
+export declare function defaultStorage(): ClientStorage | undefined;
+/**
+ * The app lifecycle of a mini-program, as `wx`, `uni` and `Taro` report
+ * it: shown (foreground), hidden (background), network changes.
+ */
+export interface AppLifecycle {
+    onAppShow(callback: () => void): void;
+    onAppHide(callback: () => void): void;
+    onNetworkStatusChange?(callback: (result: {
+        isConnected: boolean;
+    }) => void): void;
+    offAppShow?(callback: () => void): void;
+    offAppHide?(callback: () => void): void;
+    offNetworkStatusChange?(callback: (result: {
+        isConnected: boolean;
+    }) => void): void;
+}
+/** The global `wx` in a mini-program, else none. */
+export declare function defaultLifecycle(): AppLifecycle | undefined;

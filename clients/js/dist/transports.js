@@ -1,10 +1,13 @@
-// How the client reaches a socket. The client speaks only to `Transport`,
-// so one client runs over the browser's `WebSocket` and over a WeChat
-// mini-program's socket task alike, and a test can hand it a fake. The two
-// platforms differ in how they carry the token: a browser cannot set
-// headers on a WebSocket, so it goes in `?token=`; a mini-program sets
-// `Authorization: Bearer`, which keeps the token out of URLs and logs.
-import { CloseCode } from './protocol.js';
+// How the client reaches a socket, where it keeps what must survive a
+// restart, and how it hears about the app's lifecycle. The client speaks
+// only to these interfaces, so one client runs in a browser and in a
+// mini-program (WeChat, uni-app, Taro) alike, and a test can hand it fakes.
+//
+// The platforms differ in how they carry the token: a browser cannot set
+// headers on a WebSocket, so it goes in the subprotocol list
+// (`switchboard.token.<JWT>`, never in the URL); a mini-program sets
+// `Authorization: Bearer`.
+import { CloseCode, TOKEN_SUBPROTOCOL_PREFIX } from './protocol.js';
 /**
  * `url` with `name=value` added to its query string, without a fragment
  * (a WebSocket URL has none). No `URL` class: mini-programs have none.
@@ -22,7 +25,7 @@ export function withQuery(url, name, value) {
 function reporter(events) {
     let done = false;
     return {
-        message: (text) => done || events.message(text),
+        message: (data) => done || events.message(data),
         close(code, reason) {
             if (done)
                 return;
@@ -37,18 +40,23 @@ function reporter(events) {
 }
 /**
  * The browser's `WebSocket` (also Node's, from version 22 or with
- * `--experimental-websocket`). The token travels as `?token=`.
+ * `--experimental-websocket`). The token travels in the subprotocol list,
+ * beside the codec's protocol, so it appears in no URL; the server never
+ * echoes it.
  */
 export function browserTransport(WebSocketClass) {
     return (request, events) => {
         const Socket = WebSocketClass !== null && WebSocketClass !== void 0 ? WebSocketClass : globalThis.WebSocket;
         if (!Socket)
             throw new TypeError('no WebSocket here: pass a transport to the client');
-        const url = request.token === undefined ? request.url : withQuery(request.url, 'token', request.token);
+        const protocols = [request.protocol];
+        if (request.token !== undefined)
+            protocols.push(TOKEN_SUBPROTOCOL_PREFIX + request.token);
         const report = reporter(events);
-        const socket = new Socket(url, [request.protocol]);
+        const socket = new Socket(request.url, protocols);
+        socket.binaryType = 'arraybuffer';
         socket.onmessage = (event) => {
-            if (typeof event.data === 'string')
+            if (typeof event.data === 'string' || event.data instanceof ArrayBuffer)
                 report.message(event.data);
         };
         socket.onclose = (event) => report.close(event.code, event.reason);
@@ -57,7 +65,7 @@ export function browserTransport(WebSocketClass) {
         // refused, does not.
         socket.onerror = () => report.close(CloseCode.Abnormal, 'connection failed');
         return {
-            send: (text) => socket.send(text),
+            send: (data) => socket.send(data),
             close(code, reason) {
                 report.silence();
                 socket.close(code, reason);
@@ -65,53 +73,125 @@ export function browserTransport(WebSocketClass) {
         };
     };
 }
+/** A socket task's data: an `ArrayBuffer` for binary frames. */
+function taskData(data) {
+    if (typeof data === 'string')
+        return data;
+    return data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+}
 /**
- * A WeChat mini-program's socket task (`wx.connectSocket`). The token
- * travels in the `Authorization` header. Pass the `wx` object; it defaults
- * to the global one.
+ * A transport over `connectSocket` of a mini-program framework, whose task
+ * comes at once (WeChat, uni-app) or as a promise (Taro). The token travels
+ * in the `Authorization` header.
  */
-export function wxTransport(wxApi) {
+function socketTaskTransport(name, api) {
     return (request, events) => {
-        const api = wxApi !== null && wxApi !== void 0 ? wxApi : globalThis.wx;
-        if (!api)
-            throw new TypeError('no wx here: pass the mini-program wx object to wxTransport');
+        const platform = api();
+        if (!platform)
+            throw new TypeError(`no ${name} here: pass the ${name} object to the transport`);
         const report = reporter(events);
         const header = {};
         if (request.token !== undefined)
             header.Authorization = `Bearer ${request.token}`;
-        const task = api.connectSocket({
+        let task;
+        /** Set when the client closed before a promised task came. */
+        let closing;
+        // Called by the platform after connectSocket returned, never during it.
+        function failed(result) {
+            report.close(CloseCode.Abnormal, result.errMsg);
+            task === null || task === void 0 ? void 0 : task.close({});
+        }
+        function attach(socket) {
+            task = socket;
+            if (closing) {
+                socket.close(closing);
+                return;
+            }
+            socket.onMessage((result) => report.message(result.data));
+            socket.onClose((result) => report.close(result.code, result.reason));
+            socket.onError(failed);
+        }
+        // `fail` (and, for uni-app, any callback at all) makes connectSocket
+        // return the task rather than a promise of nothing.
+        const opened = platform.connectSocket({
             url: request.url,
             header,
             protocols: [request.protocol],
             tcpNoDelay: true,
             fail: failed,
+            complete: () => undefined,
         });
-        // Called by wx after connectSocket returned, never during it.
-        function failed(result) {
-            report.close(CloseCode.Abnormal, result.errMsg);
-            task.close({});
-        }
-        task.onMessage((result) => {
-            if (typeof result.data === 'string')
-                report.message(result.data);
-        });
-        task.onClose((result) => report.close(result.code, result.reason));
-        task.onError(failed);
+        if (opened instanceof Promise)
+            opened.then(attach, (error) => failed({ errMsg: String(error) }));
+        else
+            attach(opened);
         return {
             // A write that fails leaves the connection unusable: the client
-            // reconnects and writes again what is still unanswered.
-            send: (text) => task.send({ data: text, fail: failed }),
+            // reconnects and writes again what is still unanswered. Nothing is
+            // written before the server's welcome, so a promised task is there.
+            send: (data) => task === null || task === void 0 ? void 0 : task.send({ data: taskData(data), fail: failed }),
             close(code, reason) {
                 report.silence();
-                task.close({ code, reason });
+                if (task)
+                    task.close({ code, reason });
+                else
+                    closing = { code, reason };
             },
         };
     };
 }
-/** The browser transport where there is a global `WebSocket`, else the mini-program one. */
+/** A WeChat mini-program's socket task (`wx.connectSocket`). Pass `wx`; it defaults to the global one. */
+export function wxTransport(wxApi) {
+    return socketTaskTransport('wx', () => wxApi !== null && wxApi !== void 0 ? wxApi : globalThis.wx);
+}
+/** A uni-app socket task (`uni.connectSocket`). Pass `uni`; it defaults to the global one. */
+export function uniTransport(uniApi) {
+    return socketTaskTransport('uni', () => uniApi !== null && uniApi !== void 0 ? uniApi : globalThis.uni);
+}
+/** A Taro socket task (`Taro.connectSocket`, which answers a promise). Pass the `Taro` object. */
+export function taroTransport(taroApi) {
+    return socketTaskTransport('Taro', () => taroApi);
+}
+/** The browser transport where there is a global `WebSocket`, else the WeChat one. */
 export function defaultTransport() {
-    const scope = globalThis;
-    if (scope.WebSocket === undefined && scope.wx !== undefined)
-        return wxTransport(scope.wx);
+    if (miniProgram() !== undefined)
+        return wxTransport(miniProgram());
     return browserTransport();
+}
+/** The global `wx` of a mini-program, where there is no `WebSocket`. */
+function miniProgram() {
+    const scope = globalThis;
+    return scope.WebSocket === undefined ? scope.wx : undefined;
+}
+/**
+ * A mini-program's storage (`wx`, `uni` or `Taro`): the device id with
+ * `setStorageSync`, everything written often with `setStorage`, which
+ * does not block the app.
+ */
+export function miniProgramStorage(api) {
+    return {
+        getItem(key) {
+            const value = api.getStorageSync(key);
+            return typeof value === 'string' && value !== '' ? value : null;
+        },
+        setItem: (key, value) => api.setStorageSync(key, value),
+        setItemLater: (key, value) => api.setStorage({ key, data: value }),
+    };
+}
+/** `localStorage` where there is one, a mini-program's storage where there is `wx`, else none. */
+export function defaultStorage() {
+    try {
+        const local = globalThis.localStorage;
+        if (local)
+            return local;
+    }
+    catch (_a) {
+        // Access to localStorage throws where it is forbidden (sandboxed frames).
+    }
+    const wx = miniProgram();
+    return wx ? miniProgramStorage(wx) : undefined;
+}
+/** The global `wx` in a mini-program, else none. */
+export function defaultLifecycle() {
+    return miniProgram();
 }

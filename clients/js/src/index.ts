@@ -1,41 +1,63 @@
-// @switchboard/client: a Switchboard client for browsers and WeChat
-// mini-programs. See docs/clients.md in the Switchboard repository.
+// @switchboard/client: a Switchboard client for browsers and mini-programs
+// (WeChat, uni-app, Taro). See docs/clients.md in the Switchboard repository.
+// The MessagePack codec is `@switchboard/client/msgpack` (`./msgpack.js`).
 
 export {
   SwitchboardClient,
+  TYPING_BODY,
   type ClientEvents,
   type ClientOptions,
   type ConnectionState,
   type Disconnect,
+  type Disconnected,
   type EpochChange,
+  type Gap,
   type HeartbeatOptions,
   type ReconnectOptions,
   type SendOptions,
+  type Typing,
 } from './client.js';
 export {
   CloseCode,
+  MSGPACK_SUBPROTOCOL,
   SUBPROTOCOL,
   SwitchboardError,
+  TOKEN_SUBPROTOCOL_PREFIX,
+  isDeviceId,
   isUserId,
+  jsonCodec,
   type Accepted,
   type ClientFrame,
+  type Codec,
+  type DeliveryStatus,
   type ErrorFrame,
   type Json,
   type Message,
   type PresenceAnswer,
   type Receipt,
+  type Refreshed,
   type ServerFrame,
   type Welcome,
 } from './protocol.js';
 export {
   browserTransport,
+  defaultLifecycle,
+  defaultStorage,
   defaultTransport,
+  miniProgramStorage,
+  taroTransport,
+  uniTransport,
   wxTransport,
+  type AppLifecycle,
+  type ClientStorage,
   type ConnectRequest,
+  type MiniProgramStorageApi,
+  type SocketOptions,
+  type SocketTask,
+  type TaroSocketApi,
   type Transport,
   type TransportEvents,
   type TransportFactory,
   type WebSocketConstructor,
   type WxSocketApi,
-  type WxSocketTask,
 } from './transports.js';

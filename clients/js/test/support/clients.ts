@@ -66,6 +66,7 @@ export class Wire {
   loseWritten: ((frame: ClientFrame) => boolean) | undefined;
   private cut: (() => void) | undefined;
   private readonly watchers = new Set<(frame: ServerFrame) => void>();
+  private readonly writeWatchers = new Set<(frame: ClientFrame) => void>();
 
   constructor(private readonly inner: TransportFactory = browserTransport()) {}
 
@@ -74,6 +75,7 @@ export class Wire {
     this.connections.push(traffic);
     const socket = this.inner(request, {
       message: (text) => {
+        if (typeof text !== 'string') throw new Error('the Wire reads JSON connections only');
         const frame = JSON.parse(text) as ServerFrame;
         traffic.received.push(frame);
         for (const watcher of this.watchers) watcher(frame);
@@ -87,8 +89,10 @@ export class Wire {
     };
     return {
       send: (text) => {
+        if (typeof text !== 'string') throw new Error('the Wire reads JSON connections only');
         const frame = JSON.parse(text) as ClientFrame;
         traffic.written.push(frame);
+        for (const watcher of this.writeWatchers) watcher(frame);
         if (!this.loseWritten?.(frame)) socket.send(text);
       },
       close: (code, reason) => socket.close(code, reason),
@@ -105,6 +109,18 @@ export class Wire {
       this.watchers.add(watcher);
     });
     return within(what, WAIT_MS, frame).finally(() => this.watchers.delete(watcher));
+  }
+
+  /** The next frame the client writes, on any connection, that `accepts` (lost or not). */
+  written<T extends ClientFrame>(what: string, accepts: (frame: ClientFrame) => frame is T): Promise<T> {
+    let watcher: (frame: ClientFrame) => void = () => {};
+    const frame = new Promise<T>((resolve) => {
+      watcher = (written) => {
+        if (accepts(written)) resolve(written);
+      };
+      this.writeWatchers.add(watcher);
+    });
+    return within(what, WAIT_MS, frame).finally(() => this.writeWatchers.delete(watcher));
   }
 
   /** The current connection fails, as when the network goes: the client sees 1006. */

@@ -1,6 +1,9 @@
 // A transport with no socket under it: the test plays the server, writing
 // frames to the client and reading what the client wrote, one connection
-// per attempt.
+// per attempt. Also a storage in memory, which outlives the clients that
+// use it as a mini-program's storage outlives a killed app.
+
+import { decode, encode } from '@msgpack/msgpack';
 
 import type { ClientFrame, ServerFrame } from '../../src/protocol.js';
 import type { ConnectRequest, Transport, TransportEvents, TransportFactory } from '../../src/transports.js';
@@ -16,8 +19,16 @@ export class FakeConnection implements Transport {
     private readonly events: TransportEvents,
   ) {}
 
-  send(text: string): void {
-    this.written.push(JSON.parse(text) as ClientFrame);
+  /** Whether the client wrote binary (MessagePack) frames. */
+  binary = false;
+
+  send(data: string | Uint8Array): void {
+    if (typeof data === 'string') {
+      this.written.push(JSON.parse(data) as ClientFrame);
+    } else {
+      this.binary = true;
+      this.written.push(decode(data) as ClientFrame);
+    }
   }
 
   close(code: number, reason: string): void {
@@ -39,7 +50,15 @@ export class FakeConnection implements Transport {
     this.events.message(text);
   }
 
-  welcome(fields: { user?: string; epoch?: string; heartbeat_ms?: number; node?: string } = {}): void {
+  /** Writes a binary (MessagePack) frame to the client. */
+  binaryFrame(frame: ServerFrame | Record<string, unknown>): void {
+    const bytes = encode(frame);
+    this.events.message(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer);
+  }
+
+  welcome(
+    fields: { user?: string; epoch?: string; heartbeat_ms?: number; node?: string; seq?: number; exp?: number } = {},
+  ): void {
     this.frame({
       type: 'welcome',
       user: fields.user ?? 'alice',
@@ -47,6 +66,9 @@ export class FakeConnection implements Transport {
       node: fields.node ?? 'n1',
       heartbeat_ms: fields.heartbeat_ms ?? 25_000,
       epoch: fields.epoch ?? '01900000-0000-7000-8000-0000000000e1',
+      device: 'd1',
+      seq: fields.seq ?? 0,
+      ...(fields.exp === undefined ? {} : { exp: fields.exp }),
     });
   }
 
@@ -58,17 +80,45 @@ export class FakeConnection implements Transport {
 
 export class FakeServer {
   readonly connections: FakeConnection[] = [];
+  private waiting: ((connection: FakeConnection) => void)[] = [];
 
   readonly transport: TransportFactory = (request, events) => {
     const connection = new FakeConnection(request, events);
     this.connections.push(connection);
+    for (const resolve of this.waiting.splice(0)) resolve(connection);
     return connection;
   };
+
+  /** The next connection the client opens. */
+  nextConnection(): Promise<FakeConnection> {
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
 
   /** The latest connection the client opened. */
   get last(): FakeConnection {
     const connection = this.connections.at(-1);
     if (!connection) throw new Error('the client opened no connection');
     return connection;
+  }
+}
+
+/** A `ClientStorage` in memory, with every write recorded. */
+export class MemoryStorage {
+  readonly items = new Map<string, string>();
+  readonly writes: string[] = [];
+
+  getItem(key: string): string | null {
+    return this.items.get(key) ?? null;
+  }
+
+  setItem(key: string, value: string): void {
+    this.writes.push(key);
+    this.items.set(key, value);
+  }
+
+  /** What is stored under `key`, parsed. */
+  json(key: string): unknown {
+    const text = this.items.get(key);
+    return text === undefined ? undefined : JSON.parse(text);
   }
 }

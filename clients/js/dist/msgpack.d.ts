@@ -1,0 +1,2 @@
+import { type Codec } from './protocol.js';
+export declare const msgpackCodec: Codec;
