@@ -1,14 +1,17 @@
-//! The server API for application backends: `POST /v1/send` and
-//! `GET /v1/presence/{user}`, behind a bearer key compared in constant time.
+//! The server API for application backends: `POST /v1/send`,
+//! `GET /v1/presence/{user}` and `POST /v1/disconnect`, behind a bearer key
+//! compared in constant time.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
+use hyper::body::Bytes;
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
-use switchboard_presence::{Outgoing, unix_micros};
-use switchboard_protocol::{ApiSend, Body, ClientMsgId, UserId};
+use switchboard_presence::{Kick, Outgoing, unix_micros};
+use switchboard_protocol::{ApiDisconnect, ApiSend, Body, ClientMsgId, DeviceId, UserId};
 
 use crate::node::Node;
 use crate::respond::{HttpBody, json, json_error};
@@ -18,6 +21,8 @@ const BODY_OVERHEAD: usize = 1024;
 /// The server API takes lists of recipients this many times longer than
 /// clients may send.
 pub const API_RECIPIENTS_FACTOR: usize = 10;
+/// The longest block `POST /v1/disconnect` sets: a week.
+const MAX_BLOCK_S: u64 = 7 * 24 * 3600;
 
 pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBody> {
     if let Some(refusal) = refuse(node, &req) {
@@ -26,8 +31,11 @@ pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBo
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::POST, "/v1/send") => send(node, req).await,
+        (&Method::POST, "/v1/disconnect") => disconnect(node, req).await,
         (&Method::GET, p) if p.starts_with("/v1/presence/") => presence(node, &p["/v1/presence/".len()..]).await,
-        (_, "/v1/send") => json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
+        (_, "/v1/send" | "/v1/disconnect") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
+        }
         (_, p) if p.starts_with("/v1/presence/") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
         }
@@ -57,18 +65,42 @@ fn key_matches(given: &[u8], key: &[u8]) -> bool {
     bool::from(given.ct_eq(key))
 }
 
-async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBody> {
-    let limit = node.config.max_frame_bytes + BODY_OVERHEAD;
-    let bytes = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            let message = format!("request body over {limit} bytes");
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &message);
+/// Why a request body is refused.
+enum Unreadable {
+    TooLarge(usize),
+    NotJson(serde_json::Error),
+}
+
+impl Unreadable {
+    fn answer(self) -> Response<HttpBody> {
+        match self {
+            Self::TooLarge(limit) => {
+                json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("request body over {limit} bytes"))
+            }
+            Self::NotJson(error) => {
+                json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid JSON: {error}"))
+            }
         }
+    }
+}
+
+/// The request's body, up to `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Unreadable> {
+    Ok(Limited::new(req.into_body(), limit).collect().await.map_err(|_| Unreadable::TooLarge(limit))?.to_bytes())
+}
+
+fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Unreadable> {
+    serde_json::from_slice(bytes).map_err(Unreadable::NotJson)
+}
+
+async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBody> {
+    let bytes = match read_body(req, node.config.max_frame_bytes + BODY_OVERHEAD).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return refusal.answer(),
     };
-    let mut request: ApiSend<'_> = match serde_json::from_slice(&bytes) {
+    let mut request: ApiSend<'_> = match parse(&bytes) {
         Ok(request) => request,
-        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid JSON: {error}")),
+        Err(refusal) => return refusal.answer(),
     };
     let to = match request.to() {
         Some(Ok(to)) => to,
@@ -112,6 +144,40 @@ async fn send(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBody> {
         Err(_) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "backend unavailable; retry with the same id")
         }
+    }
+}
+
+/// Closes the user's connections (of one device, when named) on every
+/// node with 4003, and with `block_s` refuses their upgrades for that long;
+/// answers how many connections were closed.
+async fn disconnect(node: &Arc<Node>, req: Request<Incoming>) -> Response<HttpBody> {
+    let bytes = match read_body(req, BODY_OVERHEAD).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return refusal.answer(),
+    };
+    let request: ApiDisconnect<'_> = match parse(&bytes) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.answer(),
+    };
+    let user = match request.user.as_deref().map(UserId::parse) {
+        Some(Ok(user)) => user,
+        Some(Err(error)) => return json_error(StatusCode::BAD_REQUEST, "invalid_user", &format!("`user` {error}")),
+        None => return json_error(StatusCode::BAD_REQUEST, "bad_request", "missing field `user`"),
+    };
+    let device = match request.device.as_deref().map(DeviceId::parse).transpose() {
+        Ok(device) => device,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("`device` {error}")),
+    };
+    if request.block_s.is_some_and(|s| s > MAX_BLOCK_S) {
+        let message = format!("`block_s` is at most {MAX_BLOCK_S}");
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", &message);
+    }
+    let block = request.block_s.map(Duration::from_secs);
+    let reason = request.reason.as_deref().unwrap_or_default();
+    tracing::info!(%user, device = ?device.as_ref().map(DeviceId::as_str), ?block, reason, "disconnect");
+    match node.backend.kick(&Kick { user, device, block }).await {
+        Ok(closed) => json(StatusCode::OK, &serde_json::json!({ "closed": closed })),
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "backend unavailable; retry"),
     }
 }
 

@@ -66,7 +66,6 @@ pub struct Identity {
     pub user: UserId,
     pub device: Option<DeviceId>,
     /// The token's `exp` (unix seconds); `None` for development auth.
-    #[allow(dead_code, reason = "for live token expiry (contract 10), which reads it")]
     pub exp: Option<u64>,
 }
 

@@ -1,7 +1,7 @@
 //! One client connection, its whole life in one place: register, welcome,
 //! the replay of what its device has not acked, then one loop over the
-//! socket, the outbox, heartbeats and drain, then a close frame that says
-//! why, then cleanup.
+//! socket, the outbox, heartbeats, token expiry and drain, then a close
+//! frame that says why, then cleanup.
 //!
 //! The connection keeps its device's cursor as far as it knows it: what it
 //! writes and what its client acks move it, and every ack hands the
@@ -29,7 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use uuid::Uuid;
 
-use crate::hub::{self, Inbox, Outbox, Overflowed};
+use crate::auth::Credentials;
+use crate::hub::{self, Inbox, Outbox, Stop};
 use crate::limits::{RateLimit, Verdict};
 use crate::node::Node;
 
@@ -49,6 +50,8 @@ pub struct Session {
     pub codec: Codec,
     /// Replay after this seq instead of after the device's cursor.
     pub since: Option<u64>,
+    /// When the token expires (Unix seconds); a `refresh` moves it.
+    pub exp: Option<u64>,
 }
 
 /// Why a connection ended; decides the close frame.
@@ -64,6 +67,10 @@ enum End {
     Abuse,
     SlowConsumer,
     Draining,
+    /// The token expired.
+    Expired,
+    /// `POST /v1/disconnect` named it, or its user is blocked.
+    Kicked,
     Internal,
 }
 
@@ -78,6 +85,8 @@ impl End {
             Self::Abuse => "abuse",
             Self::SlowConsumer => "slow_consumer",
             Self::Draining => "draining",
+            Self::Expired => "token_expired",
+            Self::Kicked => "disconnected",
             Self::Internal => "internal",
         }
     }
@@ -91,6 +100,8 @@ impl End {
             Self::Abuse => (CloseCode::Policy, "rate limit exceeded"),
             Self::SlowConsumer => (CloseCode::Again, "slow consumer"),
             Self::Draining => (CloseCode::Restart, "node restarting"),
+            Self::Expired => (CloseCode::from(4001), "token expired"),
+            Self::Kicked => (CloseCode::from(4003), "disconnected"),
             Self::Internal => (CloseCode::Error, "internal error"),
         };
         Some(CloseFrame { code, reason: reason.into() })
@@ -103,7 +114,7 @@ pub fn run<S>(node: Arc<Node>, session: Session, ws: S) -> impl Future<Output = 
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    let (outbox, inbox) = hub::outbox(session.conn, node.config.send_queue_bytes);
+    let (outbox, inbox) = hub::outbox(session.conn, session.device.clone(), node.config.send_queue_bytes);
     Connection::new(node, session, ws, inbox).live(outbox)
 }
 
@@ -125,6 +136,8 @@ struct Connection<S> {
     /// Written and not yet acked: for the ack and its receipt, and to skip
     /// a message that arrives twice (live and by replay).
     unacked: BTreeMap<MsgId, Acked>,
+    /// When the token expires, on this process's clock.
+    expires_at: Option<Instant>,
 }
 
 impl<S> Connection<S>
@@ -134,6 +147,7 @@ where
     fn new(node: Arc<Node>, session: Session, ws: S, inbox: Inbox) -> Self {
         let now = Instant::now();
         let limit = RateLimit::new(node.config.rate_limit, node.config.rate_limit_burst, now);
+        let expires_at = session.exp.map(instant_of);
         Self {
             node,
             session,
@@ -146,6 +160,7 @@ where
             highest: 0,
             trim_asked: 0,
             unacked: BTreeMap::new(),
+            expires_at,
         }
     }
 
@@ -189,7 +204,8 @@ where
         let timer = self.node.metrics.backend_connect.start_timer();
         let connected = self.node.backend.connect(&connecting).await;
         timer.observe_duration();
-        let Connected { replay, epoch, seq, cursor } = match connected {
+        let Connected { replay, epoch, seq, cursor, .. } = match connected {
+            Ok(Connected { blocked: true, .. }) => return End::Kicked,
             Ok(connected) => connected,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
@@ -208,6 +224,7 @@ where
             epoch,
             device: self.session.device.clone(),
             seq,
+            exp: self.session.exp,
         });
         if let Err(end) = self.offer(&welcome) {
             return end;
@@ -221,11 +238,13 @@ where
 
         let heartbeat = self.node.config.heartbeat;
         let idle_after = self.node.config.idle_after();
-        // One timer, due every quarter heartbeat or at the drain's close
-        // time, checks for silence, sends the pings and ends a draining
-        // connection: no timer is armed per frame.
+        // One timer, due every quarter heartbeat, at the drain's close time
+        // or at the token's expiry, checks for silence, sends the pings and
+        // ends a draining or expired connection: no timer is armed per
+        // frame. A refresh moves the expiry later, which the next turn of
+        // the timer finds.
         let quarter = heartbeat / 4;
-        let timer = sleep_until(Instant::now() + quarter);
+        let timer = sleep_until(earliest(Instant::now() + quarter, [self.expires_at]));
         let mut pinged = Instant::now();
         let mut close_at: Option<Instant> = None;
         // The futures that outlive one turn of the loop are created once.
@@ -247,10 +266,11 @@ where
                 }
                 () = &mut timer => {
                     let now = Instant::now();
-                    let next = now + quarter;
-                    timer.as_mut().reset(close_at.map_or(next, |at| at.min(next)));
+                    timer.as_mut().reset(earliest(now + quarter, [close_at, self.expires_at]));
                     if close_at.is_some_and(|at| now >= at) {
                         Err(End::Draining)
+                    } else if self.expires_at.is_some_and(|at| now >= at) {
+                        Err(End::Expired)
                     } else if now >= self.last_heard + idle_after {
                         Err(End::Idle)
                     } else if now >= pinged + heartbeat && !self.backlogged {
@@ -266,9 +286,9 @@ where
                         Ok(Repair::NotDue) => Ok(()),
                         Err(end) => Err(end),
                     },
-                    Err(Overflowed) => Err(End::SlowConsumer),
+                    Err(stop) => Err(End::from(stop)),
                 },
-                () = self.inbox.overflowed(), if self.backlogged => Err(End::SlowConsumer),
+                stop = self.inbox.stopped(), if self.backlogged => Err(End::from(stop)),
                 event = socket(&mut self.ws, self.backlogged) => match event {
                     Socket::Drained(Ok(())) => {
                         self.backlogged = false;
@@ -456,9 +476,36 @@ where
                 Err(_) => self.error(None, ErrorCode::Internal, "presence unavailable"),
             },
             ClientFrame::Ping => self.write(&ServerFrame::Pong),
+            ClientFrame::Refresh { token } => self.refresh(&token).await,
             ClientFrame::Ack { msg } => self.ack(msg),
             ClientFrame::AckUpTo { seq } => self.ack_up_to(seq),
         }
+    }
+
+    /// Takes a new token for this connection: it must be valid, for the
+    /// same user (and device, when it names one), and expire later than
+    /// the one it replaces. A refused one changes nothing: the connection
+    /// still closes at the old expiry.
+    async fn refresh(&mut self, token: &str) -> Result<(), End> {
+        let credentials = Credentials { bearer: Some(token), ..Credentials::default() };
+        let refused = match self.node.auth.authenticate(&credentials).await {
+            Err(error) => error.to_string(),
+            Ok(identity) if identity.user != self.session.user => "the token is for another user".to_owned(),
+            Ok(identity) if identity.device.as_ref().is_some_and(|device| *device != self.session.device) => {
+                "the token is for another device".to_owned()
+            }
+            Ok(identity) => match (identity.exp, self.session.exp) {
+                (Some(exp), Some(old)) if exp > old => {
+                    self.session.exp = Some(exp);
+                    self.expires_at = Some(instant_of(exp));
+                    return self.write(&ServerFrame::Refreshed { exp });
+                }
+                (Some(_), Some(_)) => "the token does not expire later than the current one".to_owned(),
+                // Development auth: nothing expires, nothing to refresh.
+                _ => "this connection's identity has no token to refresh".to_owned(),
+            },
+        };
+        self.error(None, ErrorCode::BadToken, &format!("refresh refused: {refused}"))
     }
 
     /// One message acked by id; an id this connection did not write (or
@@ -569,7 +616,7 @@ where
         let abort = self.node.abort.clone();
         tokio::select! {
             () = abort.cancelled() => Err(End::Draining),
-            () = self.inbox.overflowed() => Err(End::SlowConsumer),
+            stop = self.inbox.stopped() => Err(End::from(stop)),
             drained = socket(&mut self.ws, true) => match drained {
                 Socket::Drained(Ok(())) => {
                     self.backlogged = false;
@@ -615,6 +662,26 @@ where
     if sent {
         let _ = timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
     }
+}
+
+impl From<Stop> for End {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            Stop::Overflowed => Self::SlowConsumer,
+            Stop::Kicked => Self::Kicked,
+        }
+    }
+}
+
+/// The earliest of `first` and the deadlines that are set.
+fn earliest<const N: usize>(first: Instant, others: [Option<Instant>; N]) -> Instant {
+    others.into_iter().flatten().fold(first, Instant::min)
+}
+
+/// A Unix time in seconds as an instant on this process's clock.
+fn instant_of(unix_s: u64) -> Instant {
+    let left = Duration::from_secs(unix_s).saturating_sub(Duration::from_micros(unix_micros()));
+    Instant::now() + left
 }
 
 /// Which messages a connection does not write.

@@ -129,6 +129,9 @@ async fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> 
             return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
         }
     };
+    if node.hub.is_blocked(&identity.user) {
+        return json_error(StatusCode::FORBIDDEN, "blocked", "this user may not connect for now");
+    }
     let (device, since) = match upgrade_options(req.uri().query()) {
         Ok(options) => options,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &message),
@@ -155,7 +158,7 @@ async fn upgrade(node: &Arc<Node>, peer: IpAddr, mut req: Request<Incoming>) -> 
         // Boxed, so the task keeps no room for the handshake's state for
         // the whole life of the connection.
         let Some(ws) = Box::pin(websocket(on_upgrade, max_frame)).await else { return };
-        let session = Session { user: identity.user, device, conn: Uuid::now_v7(), codec, since };
+        let session = Session { user: identity.user, device, conn: Uuid::now_v7(), codec, since, exp: identity.exp };
         connection::run(node_for_task, session, ws).await;
     });
 

@@ -668,7 +668,10 @@ impl User {
                 ledger.tally.receipts += 1;
                 None
             }
-            ServerFrame::Welcome(_) | ServerFrame::Presence { .. } | ServerFrame::Pong => None,
+            ServerFrame::Welcome(_)
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Pong
+            | ServerFrame::Refreshed { .. } => None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! | `{p}u:{user}:seq` | string | the user's last seq (kept while the log may expire) |
 //! | `{p}u:{user}:dev` | hash | per device `c:<device>` cursor, `t:<device>` last seen (ms); expires `device-ttl` after the last refresh |
 //! | `{p}u:{user}:sent:{from}:{id}` | string | dedupe record `msg:status`, 10 min |
+//! | `{p}u:{user}:block` | string | the user's upgrades are refused; expires with the block |
 //! | `{p}n:{node}:alive` | string | liveness, expires after `node-ttl` |
 //! | `{p}n:{node}:conns` | hash | connection id -> user id (reverse index) |
 //! | `{p}n:{node}:sweep` | string | lock of the one node sweeping this dead node |
@@ -42,6 +43,10 @@ impl Keys {
 
     pub fn devices(&self, user: &UserId) -> String {
         format!("{}u:{{{user}}}:dev", self.prefix)
+    }
+
+    pub fn block(&self, user: &UserId) -> String {
+        format!("{}u:{{{user}}}:block", self.prefix)
     }
 
     /// Kept in the recipient's slot, so that the dedupe check, the log

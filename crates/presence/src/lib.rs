@@ -38,6 +38,9 @@ pub enum Mode {
 /// How long a repeated `send` id is recognised.
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(600);
 
+/// How long a kick waits for the other nodes to say what they closed.
+pub const KICK_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub node_id: String,
@@ -107,6 +110,20 @@ pub trait Local: Send + Sync + 'static {
     fn connections(&self, user: &UserId) -> usize;
     /// Every local connection, to register again after Redis lost them.
     fn registrations(&self) -> Vec<(UserId, Uuid)>;
+    /// Closes the local connections `kick` names and, when it blocks,
+    /// refuses the user's upgrades here until the block ends; returns how
+    /// many connections it closed.
+    fn kick(&self, kick: &Kick) -> usize;
+}
+
+/// Closes a user's connections (those of one device, when named) on every
+/// node: `POST /v1/disconnect`.
+#[derive(Clone, Debug)]
+pub struct Kick {
+    pub user: UserId,
+    pub device: Option<DeviceId>,
+    /// Also refuse the user's upgrades this long, on every node.
+    pub block: Option<Duration>,
 }
 
 /// A message as a sender hands it in.
@@ -167,6 +184,9 @@ pub struct Connected {
     pub seq: u64,
     /// What the device has acked so far.
     pub cursor: Cursor,
+    /// The user is blocked: the connection must close at once. Nodes hear
+    /// of a block when it is set; this catches a node that started since.
+    pub blocked: bool,
 }
 
 /// A message a connection wrote and its client acked: what the receipt
@@ -300,6 +320,16 @@ impl Backend {
         match self {
             Self::Memory(m) => Ok(m.online(users)),
             Self::Redis(r) => Box::pin(r.online(users)).await,
+        }
+    }
+
+    /// Closes the connections `kick` names on every node, waiting at most
+    /// [`KICK_WAIT`] for the other nodes to answer; how many were closed,
+    /// as far as the answers tell.
+    pub async fn kick(&self, kick: &Kick) -> Result<usize, BackendError> {
+        match self {
+            Self::Memory(m) => Ok(m.kick(kick)),
+            Self::Redis(r) => Box::pin(r.kick(kick)).await,
         }
     }
 

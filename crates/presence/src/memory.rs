@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::cursor::Cursor;
 use crate::{
-    Accepted, Arrival, Connected, Connecting, Counters, DEDUPE_WINDOW, DeviceAck, Local, Mode, Outgoing, Push,
+    Accepted, Arrival, Connected, Connecting, Counters, DEDUPE_WINDOW, DeviceAck, Kick, Local, Mode, Outgoing, Push,
     Settings, expired, letter_of, reached, receipt_for,
 };
 
@@ -106,7 +106,12 @@ impl MemoryBackend {
         log.devices.insert(connecting.device.clone(), Device { cursor: cursor.clone(), seen: now });
         let from = connecting.since.map_or_else(|| cursor.clone(), Cursor::at);
         let replay = log.after(&from, &connecting.user);
-        Connected { replay, epoch: state.epoch, seq: log.seq, cursor }
+        // Blocks live in `Local`, which refuses the upgrade on this, the only node.
+        Connected { replay, epoch: state.epoch, seq: log.seq, cursor, blocked: false }
+    }
+
+    pub fn kick(&self, kick: &Kick) -> usize {
+        self.state.local.kick(kick)
     }
 
     pub fn send(&self, outgoing: Outgoing) -> Accepted {

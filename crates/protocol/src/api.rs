@@ -1,5 +1,5 @@
-//! The server API's request bodies (contract section 5), as application
-//! backends write them; the gateway validates the fields.
+//! The server API's request bodies (contract sections 5 and 10), as
+//! application backends write them; the gateway validates the fields.
 
 use std::borrow::Cow;
 
@@ -31,4 +31,19 @@ impl ApiSend<'_> {
     pub fn to(&mut self) -> Option<Result<To, String>> {
         self.to.take().map(recipients)
     }
+}
+
+/// `POST /v1/disconnect`.
+#[derive(Deserialize)]
+pub struct ApiDisconnect<'a> {
+    #[serde(borrow)]
+    pub user: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub device: Option<Cow<'a, str>>,
+    /// Logged, not sent to the client.
+    #[serde(default, borrow)]
+    pub reason: Option<Cow<'a, str>>,
+    /// Also refuse the user's upgrades for this many seconds.
+    #[serde(default)]
+    pub block_s: Option<u64>,
 }

@@ -17,6 +17,10 @@ use crate::ids::{ClientMsgId, MsgId, UserId};
 /// At most this many users in one presence query.
 pub const MAX_PRESENCE_QUERY: usize = 100;
 
+/// The longest token a `refresh` may carry, as long as the longest the
+/// upgrade takes in a header.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
 /// How deeply MessagePack may nest, in containers: the deepest body
 /// ([`Body::MAX_DEPTH`]) inside the deepest wrapper around a body (an
 /// envelope: 5 levels), plus one for rmp-serde's count.
@@ -151,6 +155,7 @@ impl Codec {
             ClientFrame::Ack { msg } => serde_json::json!({"type": "ack", "msg": msg}),
             ClientFrame::AckUpTo { seq } => serde_json::json!({"type": "ack", "seq": seq}),
             ClientFrame::Ping => serde_json::json!({"type": "ping"}),
+            ClientFrame::Refresh { token } => serde_json::json!({"type": "refresh", "token": token}),
             ClientFrame::Presence { users } => {
                 serde_json::json!({"type": "presence", "users": users})
             }
@@ -190,6 +195,8 @@ struct WireFrame<'a, B> {
     seq: Option<u64>,
     #[serde(borrow)]
     users: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// A `send`'s `to`: a user id or a list of them.
@@ -236,6 +243,17 @@ impl<B> WireFrame<'_, B> {
                 (None, None) => Err(DecodeError::bad_frame(None, "missing field `msg` or `seq`")),
             },
             "ping" => Ok(ClientFrame::Ping),
+            "refresh" => {
+                let token = self.token.ok_or_else(|| DecodeError::bad_frame(None, "missing field `token`"))?;
+                if token.len() > MAX_TOKEN_LEN {
+                    return Err(DecodeError {
+                        code: ErrorCode::TooLarge,
+                        id: None,
+                        message: format!("a token holds at most {MAX_TOKEN_LEN} bytes"),
+                    });
+                }
+                Ok(ClientFrame::Refresh { token: token.into_owned() })
+            }
             "presence" => {
                 let users = self.users.ok_or_else(|| DecodeError::bad_frame(None, "missing field `users`"))?;
                 if users.len() > MAX_PRESENCE_QUERY {
@@ -307,6 +325,16 @@ mod tests {
         assert_eq!(id.as_str(), "c-1");
         assert_eq!(to, To::One(UserId::parse("bob").unwrap()));
         assert_eq!(body.json(), r#"{"text":"hi","n":[1,2]}"#);
+    }
+
+    #[test]
+    fn refresh_takes_one_token_of_bounded_length() {
+        let frame = json(r#"{"type":"refresh","token":"a.b.c"}"#);
+        assert_eq!(frame, Ok(ClientFrame::Refresh { token: "a.b.c".to_owned() }));
+        let err = json(r#"{"type":"refresh"}"#).unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (ErrorCode::BadFrame, "missing field `token`"));
+        let long = format!(r#"{{"type":"refresh","token":"{}"}}"#, "a".repeat(MAX_TOKEN_LEN + 1));
+        assert_eq!(json(&long).unwrap_err().code, ErrorCode::TooLarge);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::codec::from_msgpack;
 use crate::frame::{Body, Receipt};
-use crate::ids::{ClientMsgId, MsgId, UserId};
+use crate::ids::{ClientMsgId, DeviceId, MsgId, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -100,6 +100,20 @@ pub enum Item {
     },
     Fenced {
         id: u64,
+    },
+    /// Close `user`'s connections here (those of `device` only, when
+    /// named), refuse the user's upgrades for `block_ms` when set, and
+    /// answer `Disconnected`.
+    Disconnect {
+        id: u64,
+        user: UserId,
+        device: Option<DeviceId>,
+        block_ms: Option<u64>,
+    },
+    /// How many connections a `Disconnect` closed here.
+    Disconnected {
+        id: u64,
+        closed: u64,
     },
 }
 

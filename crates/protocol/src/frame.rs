@@ -191,6 +191,10 @@ pub enum ClientFrame {
     Presence {
         users: Vec<UserId>,
     },
+    /// A new token for this connection: same user, later expiry.
+    Refresh {
+        token: String,
+    },
 }
 
 /// The recipients of a `send`: one user, or a list of distinct users (the
@@ -249,6 +253,7 @@ pub enum ErrorCode {
     TooLarge,
     RateLimited,
     InvalidRecipient,
+    BadToken,
     Internal,
 }
 
@@ -259,6 +264,7 @@ impl ErrorCode {
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
             Self::InvalidRecipient => "invalid_recipient",
+            Self::BadToken => "bad_token",
             Self::Internal => "internal",
         }
     }
@@ -303,6 +309,10 @@ pub struct Welcome {
     pub device: DeviceId,
     /// The user's latest `seq`: what the replay that follows leads up to.
     pub seq: u64,
+    /// When the connection's token expires (Unix seconds); none when it
+    /// does not (development auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
 }
 
 /// UUIDs as hyphenated text in MessagePack too (uuid's own serde writes
@@ -342,6 +352,10 @@ pub enum ServerFrame {
         online: BTreeMap<UserId, bool>,
     },
     Pong,
+    /// The connection's token was replaced; it now expires at `exp`.
+    Refreshed {
+        exp: u64,
+    },
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<ClientMsgId>,

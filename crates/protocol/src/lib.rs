@@ -11,8 +11,8 @@ mod envelope;
 mod frame;
 mod ids;
 
-pub use api::ApiSend;
-pub use codec::{Codec, DecodeError, Encoded, MAX_PRESENCE_QUERY};
+pub use api::{ApiDisconnect, ApiSend};
+pub use codec::{Codec, DecodeError, Encoded, MAX_PRESENCE_QUERY, MAX_TOKEN_LEN};
 pub use envelope::{Addressee, Envelope, EnvelopeError, Item, Letter, ReplyTo};
 pub use frame::{
     AcceptStatus, Body, ClientFrame, Delivery, ErrorCode, Receipt, ReceiptStatus, ServerFrame, To, Welcome,

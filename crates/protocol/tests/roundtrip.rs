@@ -57,6 +57,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         any::<u64>().prop_map(|seq| ClientFrame::AckUpTo { seq }),
         Just(ClientFrame::Ping),
         prop::collection::vec(user(), 0..100).prop_map(|users| ClientFrame::Presence { users }),
+        "[A-Za-z0-9._-]{0,300}".prop_map(|token| ClientFrame::Refresh { token }),
     ]
 }
 
@@ -97,6 +98,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::TooLarge),
         Just(ErrorCode::RateLimited),
         Just(ErrorCode::InvalidRecipient),
+        Just(ErrorCode::BadToken),
         Just(ErrorCode::Internal),
     ]
 }
@@ -110,8 +112,12 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         prop::collection::btree_map(user(), any::<bool>(), 0..10)
             .prop_map(|online| { ServerFrame::Presence { online: online.into_iter().collect::<BTreeMap<_, _>>() } }),
         Just(ServerFrame::Pong),
-        (user(), any::<u128>(), "[a-z0-9-]{1,20}", any::<u64>(), any::<u128>(), "[a-z0-9]{1,64}", any::<u64>())
-            .prop_map(|(user, conn, node, heartbeat_ms, epoch, device, seq)| {
+        any::<u64>().prop_map(|exp| ServerFrame::Refreshed { exp }),
+        (
+            (user(), any::<u128>(), "[a-z0-9-]{1,20}", any::<u64>()),
+            (any::<u128>(), "[a-z0-9]{1,64}", any::<u64>(), prop::option::of(any::<u64>()))
+        )
+            .prop_map(|((user, conn, node, heartbeat_ms), (epoch, device, seq, exp))| {
                 ServerFrame::Welcome(Welcome {
                     user,
                     conn: uuid::Uuid::from_u128(conn),
@@ -120,6 +126,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                     epoch: uuid::Uuid::from_u128(epoch),
                     device: DeviceId::parse(&device).unwrap(),
                     seq,
+                    exp,
                 })
             }),
         (prop::option::of(client_id()), error_code(), "\\PC{0,40}")
@@ -139,6 +146,15 @@ fn item() -> impl Strategy<Value = Item> {
         user().prop_map(|user| Item::Offline { user }),
         any::<u64>().prop_map(|id| Item::Fence { id }),
         any::<u64>().prop_map(|id| Item::Fenced { id }),
+        (any::<u64>(), user(), prop::option::of("[a-z0-9]{1,64}"), prop::option::of(any::<u64>())).prop_map(
+            |(id, user, device, block_ms)| Item::Disconnect {
+                id,
+                user,
+                device: device.map(|d| DeviceId::parse(&d).unwrap()),
+                block_ms
+            }
+        ),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, closed)| Item::Disconnected { id, closed }),
     ]
 }
 
@@ -237,6 +253,7 @@ fn msgpack_welcome_carries_ids_as_text() {
         epoch: conn,
         device: DeviceId::default_device(),
         seq: 0,
+        exp: Some(1_900_000_000),
     });
     let Encoded::Binary(bytes) = Codec::MsgPack.encode(&frame) else { panic!("msgpack is binary") };
     let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();

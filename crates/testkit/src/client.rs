@@ -40,6 +40,11 @@ pub enum ConnectError {
         status: u16,
         body: String,
     },
+    /// The upgrade succeeded, then the server closed before its welcome.
+    Closed {
+        code: u16,
+        reason: String,
+    },
     Other(String),
 }
 
@@ -113,8 +118,20 @@ impl Client {
             response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let codec = protocol.as_deref().and_then(Codec::from_protocol).unwrap_or(Codec::Json);
         let mut client = Self { ws, codec, protocol, welcome: placeholder_welcome() };
-        match client.recv().await {
-            ServerFrame::Welcome(welcome) => client.welcome = welcome,
+        let first = loop {
+            match within("the welcome", client.ws.next()).await {
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| (f.code.into(), f.reason.to_string()));
+                    return Err(ConnectError::Closed { code, reason });
+                }
+                Some(Ok(Message::Text(text))) => break text.as_bytes().to_vec(),
+                Some(Ok(Message::Binary(bytes))) => break bytes.to_vec(),
+                Some(Ok(_)) => {}
+                other => return Err(ConnectError::Other(format!("no welcome: {other:?}"))),
+            }
+        };
+        match client.codec.decode_server(&first) {
+            Ok(ServerFrame::Welcome(welcome)) => client.welcome = welcome,
             other => panic!("expected welcome, got {other:?}"),
         }
         Ok(client)
@@ -266,6 +283,7 @@ fn placeholder_welcome() -> Welcome {
         epoch: uuid::Uuid::nil(),
         device: DeviceId::default_device(),
         seq: 0,
+        exp: None,
     }
 }
 

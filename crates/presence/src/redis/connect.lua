@@ -7,10 +7,15 @@
 -- acked: nothing would ever fill the gap. What every device acked is
 -- trimmed.
 --
--- KEYS: devices hash, log stream, seq counter
+-- KEYS: devices hash, log stream, seq counter, block flag
 -- ARGV: device, now ms, since ('' for the device's cursor), device ttl ms,
 --       most entries
--- Returns {seq, cursor text, {{entry id, {field, value}}, ...}}
+-- Returns {seq, cursor text, {{entry id, {field, value}}, ...}}, or nil
+-- when the user is blocked.
+
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return false
+end
 
 local device, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 local cursors = seen_devices(KEYS[1], redis.call('HGETALL', KEYS[1]), now, ttl)

@@ -16,6 +16,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use fred::interfaces::{EventInterface, PubsubInterface};
 use fred::types::Message;
@@ -24,7 +25,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::store::Taken;
 use super::{Inner, now_ms};
-use crate::{Arrival, Push};
+use crate::{Arrival, Kick, Push};
 
 /// Envelopes handled in one turn of the listener, between moves of what
 /// the subscriber buffered.
@@ -166,6 +167,15 @@ impl Inner {
                     let _ = self.bounces.send(Bounce::Fence { node: envelope.node.clone(), id });
                 }
                 Item::Fenced { id } => self.fenced(id),
+                Item::Disconnect { id, user, device, block_ms } => {
+                    let closed = self.local.kick(&Kick { user, device, block: block_ms.map(Duration::from_millis) });
+                    self.enqueue(&envelope.node, Item::Disconnected { id, closed: closed as u64 });
+                }
+                Item::Disconnected { id, closed } => {
+                    if let Some(answers) = self.kicks.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                        let _ = answers.send(closed);
+                    }
+                }
                 Item::Online { user } => self.replica.online(user, &envelope.node),
                 Item::Offline { user } => self.replica.offline(&user, &envelope.node),
                 Item::Hello => {}

@@ -38,7 +38,7 @@ use dashmap::DashMap;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
-use fred::types::SetOptions;
+use fred::types::{Expiration, SetOptions};
 use switchboard_protocol::UserId;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,10 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::keys::Keys;
-use crate::{Accepted, Arrival, BackendError, Connected, Connecting, Counters, DeviceAck, Local, Outgoing, Settings};
+use crate::{
+    Accepted, Arrival, BackendError, Connected, Connecting, Counters, DeviceAck, KICK_WAIT, Kick, Local, Outgoing,
+    Settings,
+};
 
 use listen::Bounce;
 use replica::Replica;
@@ -92,6 +95,9 @@ struct Inner {
     recent: Mutex<HashMap<UserId, route::Recent>>,
     /// Fences this node waits on, by id.
     fences: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Kicks this node waits on, by id: where the answers go.
+    kicks: Mutex<HashMap<u64, mpsc::UnboundedSender<u64>>>,
+    /// Ids of fences and kicks.
     next_fence: AtomicU64,
     /// What the listener hands to the bouncer, in arrival order.
     bounces: mpsc::UnboundedSender<Bounce>,
@@ -169,6 +175,7 @@ impl RedisBackend {
             heard: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
             fences: Mutex::new(HashMap::new()),
+            kicks: Mutex::new(HashMap::new()),
             next_fence: AtomicU64::new(0),
             bounces,
             acks,
@@ -272,6 +279,39 @@ impl RedisBackend {
 
     pub async fn online(&self, users: &[UserId]) -> Result<Vec<usize>, BackendError> {
         self.inner.online(users).await
+    }
+
+    /// Sets the block first, so that a node that misses the kick (or starts
+    /// after it) still refuses the user when it registers a connection;
+    /// then every node known alive, and every node presence says holds a
+    /// connection of the user, closes what it holds.
+    pub async fn kick(&self, kick: &Kick) -> Result<usize, BackendError> {
+        let inner = &self.inner;
+        let block_ms = kick.block.map(millis).filter(|ms| *ms > 0);
+        if let Some(ms) = block_ms {
+            let expiry = Expiration::PX(i64::try_from(ms).unwrap_or(i64::MAX));
+            let _: () = inner.client.set(inner.keys.block(&kick.user), "1", Some(expiry), None, false).await?;
+        }
+        let mut peers: HashSet<Arc<str>> = inner.nodes_of(&kick.user).await?.into_iter().collect();
+        peers.extend(inner.replica.peers());
+        peers.retain(|node| **node != *inner.me() && inner.is_alive(node));
+        let id = inner.next_fence.fetch_add(1, Ordering::Relaxed);
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        inner.kicks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, answers);
+        for peer in &peers {
+            let (user, device) = (kick.user.clone(), kick.device.clone());
+            inner.enqueue(peer, switchboard_protocol::Item::Disconnect { id, user, device, block_ms });
+        }
+        let mut closed = inner.local.kick(kick);
+        let _ = tokio::time::timeout(KICK_WAIT, async {
+            for _ in &peers {
+                let Some(count) = answered.recv().await else { break };
+                closed += usize::try_from(count).unwrap_or(usize::MAX);
+            }
+        })
+        .await;
+        inner.kicks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        Ok(closed)
     }
 
     pub async fn shutdown(&self) {

@@ -254,7 +254,8 @@ impl Inner {
     /// logs; live-only ones are stored now, in order, until the backend
     /// stops (a node shutting down with Redis gone does not wait out a
     /// timeout per message); receipts go wherever their sender is now;
-    /// fences are answered, since nothing more will happen there.
+    /// fences are answered, since nothing more will happen there; a kick
+    /// has nothing to close there.
     async fn undeliverable(self: &Arc<Self>, items: Vec<Item>) {
         for item in items {
             match item {
@@ -288,7 +289,13 @@ impl Inner {
                 }
                 // Our own fence: what preceded it is handled above.
                 Item::Fence { id } => self.fenced(id),
-                Item::Fenced { .. } | Item::Probe | Item::Online { .. } | Item::Offline { .. } | Item::Hello => {}
+                Item::Fenced { .. }
+                | Item::Probe
+                | Item::Online { .. }
+                | Item::Offline { .. }
+                | Item::Hello
+                | Item::Disconnect { .. }
+                | Item::Disconnected { .. } => {}
             }
         }
     }

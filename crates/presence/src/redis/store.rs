@@ -347,7 +347,7 @@ impl Inner {
     /// latest seq, the device's cursor and the replay.
     pub(super) async fn open_log(&self, connecting: &Connecting) -> Result<Connected, BackendError> {
         let user = &connecting.user;
-        let keys = vec![self.keys.devices(user), self.keys.log(user), self.keys.seq(user)];
+        let keys = vec![self.keys.devices(user), self.keys.log(user), self.keys.seq(user), self.keys.block(user)];
         let args: Vec<Value> = vec![
             connecting.device.as_str().into(),
             now_ms().to_string().into(),
@@ -356,14 +356,26 @@ impl Inner {
             self.settings.inbox_max_len.to_string().into(),
         ];
         let reply: Value = Box::pin(self.scripts.connect.evalsha_with_reload(&self.client, keys, args)).await?;
-        let Value::Array(mut parts) = reply else { return Err(corrupt("connect reply")) };
+        let mut parts = match reply {
+            Value::Array(parts) => parts,
+            Value::Null => {
+                return Ok(Connected {
+                    replay: Vec::new(),
+                    epoch: Uuid::nil(),
+                    seq: 0,
+                    cursor: Cursor::default(),
+                    blocked: true,
+                });
+            }
+            _ => return Err(corrupt("connect reply")),
+        };
         let entries = parts.pop().ok_or_else(|| corrupt("connect reply"))?;
         let cursor = parts.pop().and_then(|v| v.into_string()).and_then(|text| Cursor::from_text(&text));
         let cursor = cursor.ok_or_else(|| corrupt("connect reply"))?;
         let seq = parts.pop().and_then(|v| v.as_u64()).ok_or_else(|| corrupt("connect reply"))?;
         let skip = if connecting.since.is_some() { Cursor::default() } else { cursor.clone() };
         let replay = self.arrivals(user, entries)?.into_iter().filter(|a| a.seq.is_none_or(|s| !skip.contains(s)));
-        Ok(Connected { replay: replay.collect(), epoch: Uuid::nil(), seq, cursor })
+        Ok(Connected { replay: replay.collect(), epoch: Uuid::nil(), seq, cursor, blocked: false })
     }
 
     /// The user's logged messages after `after`, oldest first.
