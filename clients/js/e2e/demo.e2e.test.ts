@@ -1,13 +1,14 @@
 // The demo page in headless Chromium, served by two real nodes run with
-// `--demo` that share a real Redis: alice's page on one node, bob's on the
-// other, typing and clicking as people would. Then bob's node restarts on
-// the same port: his page reconnects by itself, and nothing sent to him or
-// by him meanwhile is lost or shown twice.
+// `--demo` that share a real Redis, typing and clicking as people would:
+// two users chatting, one on each node; then a group of three users, one of
+// them in two tabs (two devices), with typing shown. Each time a node
+// restarts on the same port meanwhile: its pages reconnect by themselves,
+// and nothing sent to them or by them meanwhile is lost or shown twice.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { type Browser, type Page, chromium } from 'playwright-core';
+import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
 
 import { Cluster, type SwitchboardNode } from '../test/support/servers.js';
 
@@ -39,9 +40,12 @@ after(async () => {
   await cluster?.stop();
 });
 
-/** A new browser context on `node`'s demo page, logged in as `user`. */
-async function logIn(node: SwitchboardNode, user: string): Promise<Page> {
-  const page = await (await browser.newContext()).newPage();
+/**
+ * `node`'s demo page logged in as `user`, in a new browser context, or in
+ * a new tab of `context` (a tab is a device of its own).
+ */
+async function logIn(node: SwitchboardNode, user: string, context?: BrowserContext): Promise<Page> {
+  const page = await (context ?? (await browser.newContext())).newPage();
   page.setDefaultTimeout(20_000);
   page.on('pageerror', (error) => pageErrors.push(`${user}: ${error.message}`));
   await page.goto(`${node.httpUrl}/demo`);
@@ -55,6 +59,11 @@ async function logIn(node: SwitchboardNode, user: string): Promise<Page> {
 async function sendText(page: Page, text: string): Promise<void> {
   await page.fill('#text', text);
   await page.click('#compose button');
+}
+
+/** This page's device id, as its status shows it. */
+async function device(page: Page): Promise<string> {
+  return (await page.getAttribute('#status', 'data-device')) ?? '';
 }
 
 /** The texts of the messages from `from` in the open conversation. */
@@ -111,5 +120,61 @@ test('two pages on two nodes chat with receipts; a restarted node loses nothing'
   await waitForMessages(alice, 'bob', 'delivered', 'delivered');
   assert.deepEqual(await texts(alice, 'bob'), ['hello alice', 'written while away']);
   await waitForMessages(bob, 'bob', 'delivered', 'delivered');
+  assert.deepEqual(pageErrors, []);
+});
+
+test('a group of three, one user on two tabs as two devices: typing shown; a restarted node loses nothing, shows nothing twice', async () => {
+  // carol on two tabs of one browser, one on each node: two devices of one user.
+  const carolOne = await logIn(cluster.node(0), 'carol');
+  const carolTwo = await logIn(cluster.node(1), 'carol', carolOne.context());
+  const dave = await logIn(cluster.node(0), 'dave');
+  const erin = await logIn(cluster.node(1), 'erin');
+  assert.notEqual(await device(carolOne), await device(carolTwo));
+  assert.match(await device(carolOne), /^d-[a-z0-9]{20}$/);
+
+  await dave.fill('#group-name', 'team');
+  await dave.fill('#group-members', 'carol, erin');
+  await dave.click('#add-group button');
+  await dave.waitForSelector('#contacts li[data-group="team"][aria-current="true"]');
+  await sendText(dave, 'hello team');
+  for (const page of [carolOne, carolTwo, erin]) {
+    await page.waitForSelector('#contacts li[data-group="team"][aria-current="true"]');
+    await waitForMessages(page, 'dave', 'delivered');
+  }
+  await waitForMessages(dave, 'dave', 'delivered');
+
+  // erin types: dave and both of carol's tabs see it.
+  await erin.type('#text', 'h');
+  for (const page of [dave, carolOne, carolTwo]) await page.waitForSelector('#typing[data-user="erin"]');
+  assert.equal(await dave.textContent('#typing'), 'erin is typing…');
+  await erin.fill('#text', '');
+
+  // The node of erin and carol's second tab drains and exits; their pages keep trying.
+  const terminated = cluster.node(1).terminate();
+  await carolTwo.waitForSelector('#status:not([data-state="open"])');
+  await erin.waitForSelector('#status:not([data-state="open"])');
+  await terminated;
+  for (const text of ['away 1', 'away 2']) await sendText(dave, text);
+  await sendText(carolOne, 'carol here');
+  await waitForMessages(carolOne, 'carol', 'delivered');
+
+  await cluster.startAgain(1);
+  for (const page of [carolTwo, erin]) await page.waitForSelector('#status[data-state="open"][data-node="n2"]');
+  await sendText(dave, 'after the restart');
+  const fromDave = ['hello team', 'away 1', 'away 2', 'after the restart'];
+  for (const page of [carolOne, carolTwo, erin]) {
+    await waitForMessages(page, 'dave', ...fromDave.map(() => 'delivered'));
+    assert.deepEqual(await texts(page, 'dave'), fromDave);
+  }
+  await waitForMessages(dave, 'dave', ...fromDave.map(() => 'delivered'));
+  assert.deepEqual(await texts(dave, 'dave'), fromDave);
+  // carol's message: at dave and erin, and at her other device, once each.
+  for (const page of [dave, erin]) {
+    await waitForMessages(page, 'carol', 'delivered');
+    assert.deepEqual(await texts(page, 'carol'), ['carol here']);
+  }
+  await waitForMessages(carolTwo, 'carol', 'accepted');
+  assert.deepEqual(await texts(carolTwo, 'carol'), ['carol here']);
+  assert.deepEqual(await texts(carolOne, 'carol'), ['carol here']);
   assert.deepEqual(pageErrors, []);
 });
