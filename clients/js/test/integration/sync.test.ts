@@ -1,8 +1,8 @@
 // Contract sections 8-10 with the client in Node against two real
 // switchboard nodes sharing a real Redis: two devices of one user, a send
 // to a group spread over both nodes, ephemeral sends and typing, the token
-// refreshed in-band on a 3 s token, close 4001 at expiry and close 4003
-// from POST /v1/disconnect.
+// refreshed in-band on a 3 s token, close 4001 at expiry, close 4003 from
+// POST /v1/disconnect, and the MessagePack codec.
 
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -247,4 +247,24 @@ test('POST /v1/disconnect: 4003 stops the matching clients with the reason; a de
   assert.deepEqual(await laptopStopped, { code: 4003, reason: 'disconnected' });
   assert.equal(laptop.state, 'closed');
   await assert.rejects(laptop.send(bobId, 'x'), { code: 'client_closed' });
+});
+
+test("codec 'msgpack' against a real node: binary frames both ways, the same messages and acks", async () => {
+  const [aliceId, bobId] = [user('alice'), user('bob')];
+  const alice = await connect(0, { user: aliceId, codec: 'msgpack' });
+  const bob = await connect(1, { user: bobId, codec: 'msgpack' });
+  const atBob = record(bob, 'message');
+  const receipts = record(alice, 'receipt');
+  const body = { text: 'packed', n: [1, -2, 2.5], nested: { ok: true, none: null } };
+  const answers = [await alice.send(bobId, body), await alice.send([bobId, aliceId], 'to a list')];
+  assert.deepEqual(answers[1]?.recipients, { [bobId]: 'routed', [aliceId]: 'routed' });
+  await waitUntil(bob, 'message', 'two messages at bob', () => atBob.length === 2);
+  assert.deepEqual(
+    atBob.map((message) => [message.msg, message.from, message.seq, message.body]),
+    [
+      [answers[0]?.msg, aliceId, 1, body],
+      [answers[1]?.msg, aliceId, 2, 'to a list'],
+    ],
+  );
+  await waitUntil(alice, 'receipt', 'receipts from bob', () => receipts.filter((receipt) => receipt.user !== aliceId).length === 2);
 });
