@@ -89,6 +89,24 @@ function readJson(storage, key) {
         return undefined;
     }
 }
+/**
+ * Writes to storage, in the background where it can. Storage is best
+ * effort: a full or forbidden one (quota exceeded, private mode) costs
+ * what it would have kept across a restart, never a send.
+ */
+function store(storage, key, value, now = false) {
+    try {
+        if (!storage)
+            return;
+        if (now || !storage.setItemLater)
+            storage.setItem(key, value);
+        else
+            storage.setItemLater(key, value);
+    }
+    catch (_a) {
+        // Kept in memory only.
+    }
+}
 function isTyping(message) {
     const body = message.body;
     return (message.seq === undefined &&
@@ -188,7 +206,7 @@ export class SwitchboardClient {
         this.user = (_k = options.user) !== null && _k !== void 0 ? _k : null;
         this.device = (_l = options.device) !== null && _l !== void 0 ? _l : this.storedDevice();
         const stored = readJson(this.storage, KEYS.seqs);
-        if (stored && typeof stored.epoch === 'string') {
+        if (stored && typeof stored.epoch === 'string' && typeof stored.seqs === 'object' && stored.seqs !== null) {
             this.seqsEpoch = stored.epoch;
             this.seqs = stored.seqs;
         }
@@ -352,12 +370,18 @@ export class SwitchboardClient {
         this.setState('closed');
     }
     storedDevice() {
-        var _a, _b;
-        const stored = (_a = this.storage) === null || _a === void 0 ? void 0 : _a.getItem(KEYS.device);
+        var _a;
+        let stored;
+        try {
+            stored = (_a = this.storage) === null || _a === void 0 ? void 0 : _a.getItem(KEYS.device);
+        }
+        catch (_b) {
+            stored = undefined;
+        }
         if (stored && isDeviceId(stored))
             return stored;
         const device = newDeviceId();
-        (_b = this.storage) === null || _b === void 0 ? void 0 : _b.setItem(KEYS.device, device);
+        store(this.storage, KEYS.device, device, true);
         return device;
     }
     async dial() {
@@ -706,7 +730,6 @@ export class SwitchboardClient {
     }
     /** Writes the acks due: one cumulative ack for the logged messages, one per live-only message. */
     flushAcks() {
-        var _a;
         clearTimeout(this.ackTimer);
         this.ackTimer = undefined;
         if (this.current !== 'open' || this.user === null)
@@ -718,9 +741,8 @@ export class SwitchboardClient {
             this.write({ type: 'ack', msg });
         this.ackSeq = false;
         this.ackMsgs = [];
-        const storage = this.storage;
-        if (storage)
-            ((_a = storage.setItemLater) !== null && _a !== void 0 ? _a : storage.setItem).call(storage, KEYS.seqs, JSON.stringify({ epoch: this.seqsEpoch, seqs: this.seqs }));
+        if (this.storage)
+            store(this.storage, KEYS.seqs, JSON.stringify({ epoch: this.seqsEpoch, seqs: this.seqs }));
     }
     scheduleRefresh(exp) {
         var _a;
@@ -925,25 +947,28 @@ export class SwitchboardClient {
         if (!Array.isArray(stored))
             return;
         for (const entry of stored) {
-            if (this.user !== null && entry.user !== null && entry.user !== this.user) {
-                this.foreign.push(entry);
+            const recipients = entry === null || entry === void 0 ? void 0 : entry.to;
+            const valid = typeof (entry === null || entry === void 0 ? void 0 : entry.id) === 'string' && (typeof recipients === 'string' || Array.isArray(recipients));
+            if (!valid || this.sends.has(entry.id))
+                continue;
+            const { id, to, body = null } = entry;
+            const user = typeof entry.user === 'string' ? entry.user : null;
+            if (this.user !== null && user !== null && user !== this.user) {
+                this.foreign.push({ user, id, to, body });
                 continue;
             }
-            const { user, id, to, body } = entry;
             this.sends.set(id, { id, to, body, user, ephemeral: false, written: 0, held: false });
         }
     }
     saveOutbox() {
-        var _a;
-        const storage = this.storage;
-        if (!storage)
+        if (!this.storage)
             return;
         const entries = [...this.foreign];
         for (const { user, id, to, body, ephemeral } of this.sends.values()) {
             if (!ephemeral)
                 entries.push({ user, id, to, body });
         }
-        ((_a = storage.setItemLater) !== null && _a !== void 0 ? _a : storage.setItem).call(storage, KEYS.outbox, JSON.stringify(entries));
+        store(this.storage, KEYS.outbox, JSON.stringify(entries));
     }
     setState(state) {
         this.current = state;

@@ -145,7 +145,7 @@ test('a group of three, one user on two tabs as two devices: typing shown; a res
 
   // erin types: dave and both of carol's tabs see it.
   await erin.type('#text', 'h');
-  for (const page of [dave, carolOne, carolTwo]) await page.waitForSelector('#typing[data-user="erin"]');
+  await Promise.all([dave, carolOne, carolTwo].map((page) => page.waitForSelector('#typing[data-user="erin"]')));
   assert.equal(await dave.textContent('#typing'), 'erin is typing…');
   await erin.fill('#text', '');
 

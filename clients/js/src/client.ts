@@ -287,6 +287,21 @@ function readJson<T>(storage: ClientStorage | undefined, key: string): T | undef
   }
 }
 
+/**
+ * Writes to storage, in the background where it can. Storage is best
+ * effort: a full or forbidden one (quota exceeded, private mode) costs
+ * what it would have kept across a restart, never a send.
+ */
+function store(storage: ClientStorage | undefined, key: string, value: string, now = false): void {
+  try {
+    if (!storage) return;
+    if (now || !storage.setItemLater) storage.setItem(key, value);
+    else storage.setItemLater(key, value);
+  } catch {
+    // Kept in memory only.
+  }
+}
+
 function isTyping(message: Message): boolean {
   const body = message.body as Record<string, unknown> | null;
   return (
@@ -411,7 +426,7 @@ export class SwitchboardClient {
     this.user = options.user ?? null;
     this.device = options.device ?? this.storedDevice();
     const stored = readJson<{ epoch: string; seqs: Record<string, number> }>(this.storage, KEYS.seqs);
-    if (stored && typeof stored.epoch === 'string') {
+    if (stored && typeof stored.epoch === 'string' && typeof stored.seqs === 'object' && stored.seqs !== null) {
       this.seqsEpoch = stored.epoch;
       this.seqs = stored.seqs;
     }
@@ -564,10 +579,15 @@ export class SwitchboardClient {
   }
 
   private storedDevice(): string {
-    const stored = this.storage?.getItem(KEYS.device);
+    let stored: string | null | undefined;
+    try {
+      stored = this.storage?.getItem(KEYS.device);
+    } catch {
+      stored = undefined;
+    }
     if (stored && isDeviceId(stored)) return stored;
     const device = newDeviceId();
-    this.storage?.setItem(KEYS.device, device);
+    store(this.storage, KEYS.device, device, true);
     return device;
   }
 
@@ -894,8 +914,7 @@ export class SwitchboardClient {
     for (const msg of this.ackMsgs) this.write({ type: 'ack', msg });
     this.ackSeq = false;
     this.ackMsgs = [];
-    const storage = this.storage;
-    if (storage) (storage.setItemLater ?? storage.setItem).call(storage, KEYS.seqs, JSON.stringify({ epoch: this.seqsEpoch, seqs: this.seqs }));
+    if (this.storage) store(this.storage, KEYS.seqs, JSON.stringify({ epoch: this.seqsEpoch, seqs: this.seqs }));
   }
 
   private scheduleRefresh(exp: number): void {
@@ -1094,23 +1113,26 @@ export class SwitchboardClient {
     const stored = readJson<StoredSend[]>(this.storage, KEYS.outbox);
     if (!Array.isArray(stored)) return;
     for (const entry of stored) {
-      if (this.user !== null && entry.user !== null && entry.user !== this.user) {
-        this.foreign.push(entry);
+      const recipients = entry?.to;
+      const valid = typeof entry?.id === 'string' && (typeof recipients === 'string' || Array.isArray(recipients));
+      if (!valid || this.sends.has(entry.id)) continue;
+      const { id, to, body = null } = entry;
+      const user = typeof entry.user === 'string' ? entry.user : null;
+      if (this.user !== null && user !== null && user !== this.user) {
+        this.foreign.push({ user, id, to, body });
         continue;
       }
-      const { user, id, to, body } = entry;
       this.sends.set(id, { id, to, body, user, ephemeral: false, written: 0, held: false });
     }
   }
 
   private saveOutbox(): void {
-    const storage = this.storage;
-    if (!storage) return;
+    if (!this.storage) return;
     const entries: StoredSend[] = [...this.foreign];
     for (const { user, id, to, body, ephemeral } of this.sends.values()) {
       if (!ephemeral) entries.push({ user, id, to, body });
     }
-    (storage.setItemLater ?? storage.setItem).call(storage, KEYS.outbox, JSON.stringify(entries));
+    store(this.storage, KEYS.outbox, JSON.stringify(entries));
   }
 
   private setState(state: ConnectionState): void {

@@ -562,3 +562,32 @@ test("codec 'msgpack': loaded when the client dials, offered as the subprotocol,
   ]);
   assert.deepEqual(shown[0]?.body, { big: 1_732_700_000_000 });
 });
+
+test('storage is best effort: one that throws costs nothing but what it would keep; what it holds that is not ours is ignored', async (t) => {
+  const broken = {
+    getItem: (): string => {
+      throw new Error('SecurityError');
+    },
+    setItem: () => {
+      throw new Error('QuotaExceededError');
+    },
+  };
+  const { server, client } = setup(t, { storage: broken, device: undefined });
+  assert.match(client.device, /^d-[a-z0-9]{20}$/);
+  client.connect();
+  server.last.welcome();
+  const sent = client.send('bob', 'one', { id: 'c-1' });
+  assert.deepEqual(server.last.writtenOf('send'), [{ type: 'send', id: 'c-1', to: 'bob', body: 'one' }]);
+  server.last.frame(accepted('c-1', 'm-1'));
+  assert.equal((await sent).msg, 'm-1');
+
+  const garbage = new MemoryStorage();
+  garbage.setItem('switchboard.outbox', JSON.stringify([null, { id: 7 }, { id: 'c-2', to: 'bob', body: 'ok', user: 'alice' }, 'x']));
+  garbage.setItem('switchboard.seqs', '{"epoch":"e","seqs":null}');
+  garbage.setItem('switchboard.device', 'not a device id!');
+  const next = make(t, server, { storage: garbage, device: undefined });
+  assert.match(next.device, /^d-[a-z0-9]{20}$/);
+  next.connect();
+  server.last.welcome();
+  assert.deepEqual(server.last.writtenOf('send'), [{ type: 'send', id: 'c-2', to: 'bob', body: 'ok' }]);
+});
