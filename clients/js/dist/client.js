@@ -107,6 +107,10 @@ function store(storage, key, value, now = false) {
         // Kept in memory only.
     }
 }
+/** Whether `value` can be a `since`: a whole number. */
+function isSeq(value) {
+    return Number.isSafeInteger(value) && value >= 0;
+}
 function isTyping(message) {
     const body = message.body;
     return (message.seq === undefined &&
@@ -189,6 +193,8 @@ export class SwitchboardClient {
         if (options.device !== undefined && !isDeviceId(options.device)) {
             throw new TypeError(`device: invalid device id ${options.device}`);
         }
+        if (options.since !== undefined && !isSeq(options.since))
+            throw new TypeError(`since: not a whole number: ${options.since}`);
         this.options = options;
         this.transport = (_a = options.transport) !== null && _a !== void 0 ? _a : defaultTransport();
         this.storage = options.storage === null ? undefined : ((_b = options.storage) !== null && _b !== void 0 ? _b : defaultStorage());
@@ -250,6 +256,8 @@ export class SwitchboardClient {
     resync(since) {
         if (this.current === 'closed')
             return refused(closedError());
+        if (!isSeq(since))
+            return refused(new SwitchboardError('bad_frame', `since: not a whole number: ${since}`));
         this.since = since;
         const welcome = handled(new Promise((resolve, reject) => this.waiters.push({ resolve, reject })));
         if (this.current === 'open' || this.current === 'connecting') {

@@ -302,6 +302,11 @@ function store(storage: ClientStorage | undefined, key: string, value: string, n
   }
 }
 
+/** Whether `value` can be a `since`: a whole number. */
+function isSeq(value: number): boolean {
+  return Number.isSafeInteger(value) && value >= 0;
+}
+
 function isTyping(message: Message): boolean {
   const body = message.body as Record<string, unknown> | null;
   return (
@@ -411,6 +416,7 @@ export class SwitchboardClient {
     if (options.device !== undefined && !isDeviceId(options.device)) {
       throw new TypeError(`device: invalid device id ${options.device}`);
     }
+    if (options.since !== undefined && !isSeq(options.since)) throw new TypeError(`since: not a whole number: ${options.since}`);
     this.options = options;
     this.transport = options.transport ?? defaultTransport();
     this.storage = options.storage === null ? undefined : (options.storage ?? defaultStorage());
@@ -471,6 +477,7 @@ export class SwitchboardClient {
    */
   resync(since: number): Promise<Welcome> {
     if (this.current === 'closed') return refused(closedError());
+    if (!isSeq(since)) return refused(new SwitchboardError('bad_frame', `since: not a whole number: ${since}`));
     this.since = since;
     const welcome = handled(new Promise<Welcome>((resolve, reject) => this.waiters.push({ resolve, reject })));
     if (this.current === 'open' || this.current === 'connecting') {

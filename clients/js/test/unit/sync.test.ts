@@ -241,6 +241,8 @@ test('since: the first connection and resync() ask for the log after a seq, and 
   server.last.serverClose(1006);
   tick(1000);
   assert.equal(server.last.request.url, 'ws://n1/ws?user=alice&device=d1');
+  await assert.rejects(client.resync(-1), { code: 'bad_frame' });
+  assert.throws(() => make(t, server, { since: 1.5 }), /since: not a whole number/);
 });
 
 test('a new epoch starts the seqs again', (t) => {
