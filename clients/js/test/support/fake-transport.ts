@@ -72,8 +72,17 @@ export class FakeConnection implements Transport {
     });
   }
 
+  /** Set when the server closed this connection, or it failed. */
+  closedByServer = false;
+
+  /** Whether neither side has closed this connection. */
+  get open(): boolean {
+    return !this.closedByServer && this.closedByClient === undefined;
+  }
+
   /** The server closes the connection (or it fails, with 1006). */
   serverClose(code: number, reason = ''): void {
+    this.closedByServer = true;
     this.events.close(code, reason);
   }
 }

@@ -436,6 +436,35 @@ test('mini-program: back online or shown while waiting, the next attempt starts 
   assert.equal(server.connections.length, 3);
 });
 
+test('mini-program: the client never holds two sockets (5 per app), whatever the lifecycle and resyncs do', async (t) => {
+  const app = standInApp();
+  const { server, client, tick } = setup(t, { app: app.app, connectTimeoutMs: 5000 });
+  const open = () => server.connections.filter((connection) => connection.open).length;
+  const counts: number[] = [];
+  client.connect();
+  counts.push(open());
+  app.show();
+  app.network(true);
+  counts.push(open());
+  server.last.welcome();
+  app.show();
+  app.network(true);
+  counts.push(open());
+  void client.resync(3);
+  counts.push(open());
+  app.hide();
+  tick(5000);
+  counts.push(open());
+  app.show();
+  counts.push(open());
+  server.last.serverClose(1006);
+  app.network(true);
+  app.show();
+  counts.push(open());
+  assert.deepEqual(counts, [1, 1, 1, 1, 0, 1, 1]);
+  assert.equal(server.connections.length, 4);
+});
+
 test('refresh: the token callback is asked before exp and the new token sent in-band; refreshed moves the next refresh', async (t) => {
   let calls = 0;
   const { server, client, tick } = setup(t, { user: undefined, token: () => `token-${++calls}`, refreshMarginMs: 60_000 });
