@@ -115,7 +115,10 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let (outbox, inbox) = hub::outbox(session.conn, session.device.clone(), node.config.send_queue_bytes);
-    Connection::new(node, session, ws, inbox).live(outbox)
+    // Held once, by the future: `live` borrows it where a method taking
+    // `self` would copy it into its own state beside the argument.
+    let mut connection = Connection::new(node, session, ws, inbox);
+    async move { connection.live(outbox).await }
 }
 
 struct Connection<S> {
@@ -165,7 +168,7 @@ where
     }
 
     /// The whole life: in the hub, served, closed with a reason, cleaned up.
-    async fn live(mut self, outbox: Outbox) {
+    async fn live(&mut self, outbox: Outbox) {
         let Session { user, conn, .. } = &self.session;
         let first = self.node.hub.insert(user, outbox);
         self.node.metrics.connections.inc();
@@ -190,6 +193,16 @@ where
     }
 
     async fn serve(&mut self, first: bool) -> End {
+        // Boxed while it runs: what opening needs is not kept for the life
+        // of the connection.
+        if let Err(end) = Box::pin(self.open(first)).await {
+            return end;
+        }
+        self.until_end().await
+    }
+
+    /// Registers the connection, writes the welcome and the replay.
+    async fn open(&mut self, first: bool) -> Result<(), End> {
         // Registered (in the hub, then in presence) before the log is read:
         // a message accepted meanwhile arrives live or in this replay. The
         // welcome follows, so a client that has it is reachable.
@@ -205,12 +218,12 @@ where
         let connected = self.node.backend.connect(&connecting).await;
         timer.observe_duration();
         let Connected { replay, epoch, seq, cursor, .. } = match connected {
-            Ok(Connected { blocked: true, .. }) => return End::Kicked,
+            Ok(Connected { blocked: true, .. }) => return Err(End::Kicked),
             Ok(connected) => connected,
             Err(error) => {
                 self.node.metrics.redis_errors.inc();
                 tracing::warn!(conn = %self.session.conn, user = %self.session.user, %error, "cannot register");
-                return End::Internal;
+                return Err(End::Internal);
             }
         };
         // Connecting trimmed what every device had acked.
@@ -226,16 +239,15 @@ where
             seq,
             exp: self.session.exp,
         });
-        if let Err(end) = self.offer(&welcome) {
-            return end;
-        }
+        self.offer(&welcome)?;
         self.node.metrics.inbox_replayed.inc_by(replay.len() as u64);
         // What the backend chose: past the device's cursor, or past `since`
         // (acked or not).
-        if let Err(end) = self.replay(replay, Skip::Written).await {
-            return end;
-        }
+        self.replay(replay, Skip::Written).await
+    }
 
+    /// Serves the open connection until something ends it.
+    async fn until_end(&mut self) -> End {
         let heartbeat = self.node.config.heartbeat;
         let idle_after = self.node.config.idle_after();
         // One timer, due every quarter heartbeat, at the drain's close time

@@ -204,7 +204,7 @@ async fn a_slow_consumer_hears_1013_once_it_reads_again_and_costs_a_bounded_amou
 
 #[tokio::test]
 async fn a_draining_node_tells_a_client_that_does_not_read_1012() {
-    let args = ["--api-key", API_KEY, "--shutdown-grace", "4s", "--send-queue-bytes", QUEUE_8_MIB];
+    let args = ["--api-key", API_KEY, "--shutdown-grace", "10s", "--send-queue-bytes", QUEUE_8_MIB];
     let mut node = NodeProcess::start(&args).await;
     let mut bob = lagging_client(&node, "bob").await;
     let body = json!("d".repeat(4096));

@@ -3,7 +3,7 @@
 //! with it (a new process has a new epoch, so clients learn that what was
 //! not acked is gone).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,9 @@ struct Log {
     /// The last seq given out.
     seq: u64,
     entries: VecDeque<(u64, Arc<Letter>)>,
-    devices: HashMap<DeviceId, Device>,
+    /// A user has a few devices: a list searched in order costs less
+    /// memory per idle user than a map.
+    devices: Vec<(DeviceId, Device)>,
     /// What the user's devices acked together: a message's receipt goes
     /// out when it first enters this.
     receipted: Cursor,
@@ -94,7 +96,7 @@ impl MemoryBackend {
         let mut log = state.logs.entry(connecting.user.clone()).or_default();
         log.prune(&state.settings);
         let now = Instant::now();
-        let mut cursor = match log.devices.get(&connecting.device) {
+        let mut cursor = match log.device(&connecting.device) {
             Some(device) => device.cursor.clone(),
             // New: it starts where every device seen lately has acked.
             None => log.acked_by_all().unwrap_or_default(),
@@ -103,7 +105,7 @@ impl MemoryBackend {
         // fill the gap.
         let first = log.entries.iter().map(|(seq, _)| *seq).find(|seq| *seq > cursor.up_to);
         cursor.ack_up_to(first.map_or(log.seq, |seq| seq - 1));
-        log.devices.insert(connecting.device.clone(), Device { cursor: cursor.clone(), seen: now });
+        *log.device_mut(&connecting.device) = Device { cursor: cursor.clone(), seen: now };
         let from = connecting.since.map_or_else(|| cursor.clone(), Cursor::at);
         let replay = log.after(&from, &connecting.user);
         // Blocks live in `Local`, which refuses the upgrade on this, the only node.
@@ -232,14 +234,12 @@ impl State {
         let due = {
             let mut log = self.logs.entry(ack.user.clone()).or_default();
             let log = &mut *log;
-            let device = log
-                .devices
-                .entry(ack.device.clone())
-                .or_insert_with(|| Device { cursor: Cursor::default(), seen: Instant::now() });
+            let device = log.device_mut(&ack.device);
             device.cursor.merge(&ack.cursor);
             device.seen = Instant::now();
+            let cursor = device.cursor.clone();
             let earlier = log.receipted.clone();
-            log.receipted.merge(&device.cursor);
+            log.receipted.merge(&cursor);
             let due: BTreeSet<u64> = log.receipted.newly_acked(&earlier).into_iter().collect();
             log.prune(&self.settings);
             due
@@ -275,15 +275,32 @@ impl State {
 }
 
 impl Log {
+    fn device(&self, id: &DeviceId) -> Option<&Device> {
+        self.devices.iter().find(|(known, _)| known == id).map(|(_, device)| device)
+    }
+
+    /// The device's entry, added (acked nothing, seen now) when it is new.
+    fn device_mut(&mut self, id: &DeviceId) -> &mut Device {
+        let at = match self.devices.iter().position(|(known, _)| known == id) {
+            Some(at) => at,
+            None => {
+                self.devices.reserve_exact(1);
+                self.devices.push((id.clone(), Device { cursor: Cursor::default(), seen: Instant::now() }));
+                self.devices.len() - 1
+            }
+        };
+        &mut self.devices[at].1
+    }
+
     /// What every device seen lately acked; `None` when none was seen.
     fn acked_by_all(&self) -> Option<Cursor> {
-        self.devices.values().map(|device| device.cursor.clone()).reduce(|all, cursor| all.intersect(&cursor))
+        self.devices.iter().map(|(_, device)| device.cursor.clone()).reduce(|all, cursor| all.intersect(&cursor))
     }
 
     /// Forgets devices not seen within `device-ttl`, and drops what waited
     /// past `inbox-ttl` or what every remaining device acked.
     fn prune(&mut self, settings: &Settings) {
-        self.devices.retain(|_, device| device.seen.elapsed() < settings.device_ttl);
+        self.devices.retain(|(_, device)| device.seen.elapsed() < settings.device_ttl);
         let trimmed = self.acked_by_all().map_or(0, |cursor| cursor.up_to);
         self.entries.retain(|(seq, letter)| *seq > trimmed && !expired(letter.ts, settings.inbox_ttl));
     }
