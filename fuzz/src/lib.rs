@@ -35,7 +35,15 @@ pub fn client_frame(codec: Codec, bytes: &[u8]) {
             let msg = MsgId::parse("0193a1c2-7b1e-7c3d-8e4f-5a6b7c8d9e0f").expect("a valid UUID");
             let from = to.users()[0].clone();
             let reply = (!ephemeral).then(|| ReplyTo { id: id.clone(), node: "node-a".into(), list: to.is_list() });
-            let letter = Letter { msg, from: from.clone(), body: body.clone(), ts: 0, reply, received_us: 0 };
+            let letter = Letter {
+                msg,
+                from: from.clone(),
+                body: body.clone(),
+                ts: 0,
+                reply,
+                received_us: 0,
+                ephemeral: *ephemeral,
+            };
             for (seq, user) in to.users().iter().enumerate() {
                 let seq = (!ephemeral).then_some(seq as u64 + 1);
                 // The recipient gets the same message in either encoding,

@@ -248,7 +248,15 @@ mod tests {
     fn message(body_len: usize) -> Push {
         let body = Body::from_json(&format!("\"{}\"", "x".repeat(body_len))).unwrap();
         let user = UserId::parse("bob").unwrap();
-        let letter = Letter { msg: MsgId::new(), from: user.clone(), body, ts: 0, reply: None, received_us: 0 };
+        let letter = Letter {
+            msg: MsgId::new(),
+            from: user.clone(),
+            body,
+            ts: 0,
+            reply: None,
+            received_us: 0,
+            ephemeral: false,
+        };
         Push::Message(Arc::new(Arrival { letter: Arc::new(letter), to: user, seq: None }))
     }
 

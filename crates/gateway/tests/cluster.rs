@@ -372,7 +372,8 @@ impl ParseId for &str {
 fn letter(i: u64) -> Arc<Letter> {
     let from = UserId::parse("burst").unwrap();
     let ts = switchboard_testkit::now_secs() * 1000;
-    Arc::new(Letter { msg: MsgId::new(), from, body: Body::from_value(&json!(i)), ts, reply: None, received_us: 0 })
+    let body = Body::from_value(&json!(i));
+    Arc::new(Letter { msg: MsgId::new(), from, body, ts, reply: None, received_us: 0, ephemeral: false })
 }
 
 fn deliver(to: &str, letter: &Arc<Letter>) -> Item {
@@ -411,6 +412,29 @@ async fn a_burst_of_100_000_envelopes_arrives_whole() {
     .await;
     assert_eq!(received, expected);
     assert_eq!(scrape(nodes[0].metrics).await.value("switchboard_route_gaps_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_letter_for_a_user_gone_from_the_node_is_stored_unless_it_is_ephemeral() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis.url(), 1, &["--delivery", "fast"]).await;
+    // Sent by a node whose replica still placed bob on node-0: one fast
+    // live-only letter, one ephemeral.
+    let (fast, ephemeral) = (letter(1), Arc::new(Letter { ephemeral: true, ..(*letter(2)).clone() }));
+    let envelope = Envelope {
+        node: "other".to_owned(),
+        stream: uuid::Uuid::now_v7(),
+        seq: 1,
+        items: vec![deliver("bob", &ephemeral), deliver("bob", &fast)],
+    };
+    redis.pipeline(vec![spublish("sb:n:{node-0}:ch", &envelope)]).await;
+    eventually("the fast letter to be stored", || async { redis.cli(&["XLEN", "sb:u:{bob}:log"]).await == "1" }).await;
+
+    let mut bob = Client::connect(&nodes[0].ws_url(), "bob").await;
+    let replayed = bob.recv_message().await;
+    assert_eq!((replayed.msg, replayed.seq), (fast.msg, Some(1)));
+    bob.send(&ClientFrame::Ping).await;
+    assert_eq!(bob.recv().await, ServerFrame::Pong, "the ephemeral letter is never replayed");
 }
 
 #[tokio::test]

@@ -364,6 +364,7 @@ fn letter_of(outgoing: &Outgoing, msg: MsgId, node: &str) -> Letter {
         ts: outgoing.received_us / 1000,
         reply,
         received_us: outgoing.received_us,
+        ephemeral: outgoing.ephemeral,
     }
 }
 

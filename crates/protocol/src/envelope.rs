@@ -47,6 +47,9 @@ pub struct Letter {
     pub reply: Option<ReplyTo>,
     /// When the sender's node received it (Unix microseconds).
     pub received_us: u64,
+    /// Live only: never logged, dropped where its recipient is not.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// Where a recipient's node sends the receipt: the `send` id, on the node
@@ -178,6 +181,7 @@ mod tests {
             ts: 1,
             reply: None,
             received_us: 2,
+            ephemeral: false,
         };
         let bytes = letter.encode().unwrap_or_default();
         let back = Letter::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));

@@ -140,6 +140,7 @@ fn an_envelope_carries_the_deepest_body_as_its_json_text() {
         ts: 1,
         reply: None,
         received_us: 1,
+        ephemeral: false,
     };
     let to = vec![Addressee { user: UserId::parse("bob").unwrap(), seq: Some(1) }];
     let envelope = Envelope {

@@ -88,8 +88,17 @@ fn receipt() -> impl Strategy<Value = Receipt> {
 
 fn letter() -> impl Strategy<Value = Letter> {
     let reply = (client_id(), "[a-z0-9-]{1,20}", any::<bool>()).prop_map(|(id, node, list)| ReplyTo { id, node, list });
-    (msg_id(), user(), body(), any::<u64>(), prop::option::of(reply), any::<u64>())
-        .prop_map(|(msg, from, body, ts, reply, received_us)| Letter { msg, from, body, ts, reply, received_us })
+    (msg_id(), user(), body(), any::<u64>(), prop::option::of(reply), any::<u64>(), any::<bool>()).prop_map(
+        |(msg, from, body, ts, reply, received_us, ephemeral)| Letter {
+            msg,
+            from,
+            body,
+            ts,
+            reply,
+            received_us,
+            ephemeral,
+        },
+    )
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {

@@ -152,8 +152,8 @@ impl Inner {
                             Arrival { letter: letter.clone(), to: addressee.user.clone(), seq: addressee.seq };
                         let reached = self.local.push(&addressee.user, &Push::Message(Arc::new(arrival)));
                         // A logged message waits in the log; a live-only one
-                        // is stored here.
-                        if reached == 0 && addressee.seq.is_none() {
+                        // is stored here, unless it is ephemeral.
+                        if reached == 0 && addressee.seq.is_none() && !letter.ephemeral {
                             let (letter, to, node) = (letter.clone(), addressee.user, envelope.node.clone());
                             let _ = self.bounces.send(Bounce::Letter { letter, to, node });
                         }

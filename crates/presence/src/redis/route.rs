@@ -254,12 +254,12 @@ impl Inner {
     /// logs; live-only ones are stored now, in order, until the backend
     /// stops (a node shutting down with Redis gone does not wait out a
     /// timeout per message); receipts go wherever their sender is now;
-    /// fences are answered, since nothing more will happen there; a kick
-    /// has nothing to close there.
+    /// fences are answered, since nothing more will happen there; an
+    /// ephemeral message is dropped; a kick has nothing to close there.
     async fn undeliverable(self: &Arc<Self>, items: Vec<Item>) {
         for item in items {
             match item {
-                Item::Deliver { letter, to } => {
+                Item::Deliver { letter, to } if !letter.ephemeral => {
                     for addressee in to.into_iter().filter(|a| a.seq.is_none()) {
                         let kept = tokio::select! {
                             biased;
@@ -289,7 +289,8 @@ impl Inner {
                 }
                 // Our own fence: what preceded it is handled above.
                 Item::Fence { id } => self.fenced(id),
-                Item::Fenced { .. }
+                Item::Deliver { .. }
+                | Item::Fenced { .. }
                 | Item::Probe
                 | Item::Online { .. }
                 | Item::Offline { .. }
