@@ -15,8 +15,8 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use switchboard_protocol::{
-    Addressee, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, Item, Letter, MAX_PRESENCE_QUERY, MsgId,
-    ReplyTo, ServerFrame, UserId,
+    Addressee, ClientFrame, ClientMsgId, Codec, Delivery, Encoded, Envelope, Item, Letter, MAX_PRESENCE_QUERY,
+    MAX_TOKEN_LEN, MsgId, ReplyTo, ServerFrame, UserId,
 };
 
 const CODECS: [Codec; 2] = [Codec::Json, Codec::MsgPack];
@@ -68,6 +68,7 @@ pub fn client_frame(codec: Codec, bytes: &[u8]) {
             round_trips(&envelope, Envelope::encode, Envelope::decode);
         }
         ClientFrame::Presence { users } => assert!(users.len() <= MAX_PRESENCE_QUERY, "{} users", users.len()),
+        ClientFrame::Refresh { token } => assert!(token.len() <= MAX_TOKEN_LEN, "{} byte token", token.len()),
         ClientFrame::Ack { .. } | ClientFrame::AckUpTo { .. } | ClientFrame::Ping => {}
     }
     // What a client meant by the frame, written again in either encoding,
