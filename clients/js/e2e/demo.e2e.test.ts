@@ -10,15 +10,17 @@ import { after, before, test } from 'node:test';
 
 import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
 
+import { signToken } from '../test/support/clients.js';
 import { Cluster, type SwitchboardNode } from '../test/support/servers.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SECRET = 'e2e-test-secret';
 let cluster: Cluster;
 let browser: Browser;
 const pageErrors: string[] = [];
 
 before(async () => {
-  cluster = await Cluster.start(2, ['--demo']);
+  cluster = await Cluster.start(2, ['--demo', '--jwt-secret', SECRET]);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -85,6 +87,32 @@ async function waitForMessages(page: Page, from: string, ...states: string[]): P
     { from, states },
   );
 }
+
+test("the browser's own WebSocket carries the token in the subprotocol list, never echoed", async () => {
+  const page = await (await browser.newContext()).newPage();
+  await page.goto(`${cluster.node(0).httpUrl}/demo`);
+  const open = (token: string) =>
+    page.evaluate(
+      ({ url, token }) =>
+        new Promise<{ protocol: string; first: unknown } | { closed: number }>((resolve) => {
+          const socket = new WebSocket(url, ['switchboard.v1.json', `switchboard.token.${token}`]);
+          socket.onmessage = (event) => {
+            resolve({ protocol: socket.protocol, first: JSON.parse(String(event.data)) });
+            socket.close();
+          };
+          socket.onclose = (event) => resolve({ closed: event.code });
+        }),
+      { url: cluster.node(0).wsUrl, token },
+    );
+  const good = await open(signToken(SECRET, 'carol', 3600));
+  assert.ok('protocol' in good, JSON.stringify(good));
+  assert.equal(good.protocol, 'switchboard.v1.json');
+  const welcome = good.first as { type: string; user: string; exp: number };
+  assert.deepEqual([welcome.type, welcome.user, typeof welcome.exp], ['welcome', 'carol', 'number']);
+  // A refused upgrade is a failed connection to a browser: 1006, no welcome.
+  assert.deepEqual(await open(signToken('another-secret', 'carol', 3600)), { closed: 1006 });
+  assert.deepEqual(pageErrors, []);
+});
 
 test('two pages on two nodes chat with receipts; a restarted node loses nothing', async () => {
   const alice = await logIn(cluster.node(0), 'alice');
