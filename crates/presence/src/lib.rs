@@ -12,6 +12,7 @@
 //! background tasks and ends them in [`Backend::shutdown`].
 
 mod cursor;
+mod events;
 mod keys;
 mod memory;
 mod redis;
@@ -23,6 +24,7 @@ use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, DeviceId, Letter, Ms
 use uuid::Uuid;
 
 pub use cursor::Cursor;
+pub use events::{EventQueue, EventSettings, QueuedEvent, SHARDS, shard_of};
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 
@@ -54,6 +56,8 @@ pub struct Settings {
     /// Redis commands of the hot path issued within this long go out in
     /// one write; zero: each as soon as it is issued.
     pub batch_window: Duration,
+    /// Events for the application backend; none: off.
+    pub events: Option<EventSettings>,
 }
 
 /// The counters a backend moves; registered by the caller.
@@ -259,7 +263,10 @@ impl Backend {
     /// this node.
     pub async fn disconnect(&self, user: &UserId, conn: Uuid, last: bool) -> Result<(), BackendError> {
         match self {
-            Self::Memory(_) => Ok(()),
+            Self::Memory(m) => {
+                m.disconnect(user);
+                Ok(())
+            }
             Self::Redis(r) => Box::pin(r.disconnect(user, conn, last)).await,
         }
     }
@@ -300,6 +307,15 @@ impl Backend {
         match self {
             Self::Memory(m) => Ok(m.online(users)),
             Self::Redis(r) => Box::pin(r.online(users)).await,
+        }
+    }
+
+    /// The queue of events this node delivers, once; none when events are
+    /// off (or it was taken).
+    pub fn events(&self) -> Option<EventQueue> {
+        match self {
+            Self::Memory(m) => m.events(),
+            Self::Redis(r) => r.events(),
         }
     }
 

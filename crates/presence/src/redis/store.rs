@@ -24,7 +24,7 @@ use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface,
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions, Value};
 use futures_util::future::try_join_all;
-use switchboard_protocol::{AcceptStatus, DeviceId, Letter, MsgId, UserId};
+use switchboard_protocol::{AcceptStatus, DeviceId, EventType, Letter, MsgId, StoredEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -44,6 +44,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 const MAX_APPENDS: usize = 128;
 
 pub(super) struct Scripts {
+    pub(super) presence: Script,
     append: Script,
     connect: Script,
     trim: Script,
@@ -52,6 +53,7 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
+            presence: Script::from_lua(include_str!("presence.lua")),
             append: Script::from_lua(include_str!("append.lua")),
             connect: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("connect.lua"))),
             trim: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("trim.lua"))),
@@ -65,6 +67,9 @@ pub(super) struct Append {
     /// The dedupe key and the record to leave there.
     dedupe: Option<(String, String)>,
     entry: Bytes,
+    /// Its `message.stored` event, queued if the recipient has no live
+    /// connection; none when events are off.
+    event: Option<StoredEvent>,
     done: oneshot::Sender<Result<Appended, BackendError>>,
 }
 
@@ -204,7 +209,12 @@ impl Inner {
         dedupe: Option<(String, String)>,
     ) -> Result<Taken, BackendError> {
         let (done, appended) = oneshot::channel();
-        let append = Append { user: to.clone(), dedupe, entry: entry.bytes()?, done };
+        let event = self.settings.events.as_ref().map(|events| {
+            let letter = entry.letter;
+            let body = events.bodies.then_some(&letter.body);
+            StoredEvent::new(Uuid::now_v7(), now_ms(), letter.msg, &letter.from, to, body)
+        });
+        let append = Append { user: to.clone(), dedupe, entry: entry.bytes()?, event, done };
         self.appends.lock().unwrap_or_else(|e| e.into_inner()).push(append);
         self.window.wait().await;
         // The first of the window to get here writes them all.
@@ -244,23 +254,30 @@ impl Inner {
     }
 
     async fn run_append_group(&self, group: Vec<Append>) {
-        let mut keys = Vec::with_capacity(group.len() * 3);
-        let mut args: Vec<Value> = Vec::with_capacity(group.len() * 4 + 1);
+        let mut keys = Vec::with_capacity(group.len() * 5);
+        let mut args: Vec<Value> = Vec::with_capacity(group.len() * 7 + 1);
         for append in &group {
             let (seq, log) = (self.keys.seq(&append.user), self.keys.log(&append.user));
             let (dedupe, record) = match &append.dedupe {
                 Some((key, record)) => (key.clone(), record.clone()),
                 None => (seq.clone(), String::new()),
             };
+            let (head, tail) = append.event.as_ref().map_or_else(Default::default, |e| (e.head.clone(), e.tail.clone()));
             args.extend([
                 record.into(),
                 Value::Bytes(append.entry.clone()),
                 self.settings.inbox_max_len.to_string().into(),
                 self.log_expiry(&append.user).into(),
+                append.user.as_str().into(),
+                head.into(),
+                tail.into(),
             ]);
-            keys.extend([log, seq, dedupe]);
+            keys.extend([log, seq, dedupe, self.keys.user_conns(&append.user), self.event_stream(&append.user)]);
         }
         args.push(millis(DEDUPE_WINDOW).to_string().into());
+        if self.settings.events.is_some() {
+            args.extend(self.dead.read().unwrap_or_else(|e| e.into_inner()).iter().map(|node| node.as_str().into()));
+        }
         // The lookups go right after the script, on the same connection:
         // each sees presence as of after its message was stored.
         let answers = loop {
@@ -282,6 +299,24 @@ impl Inner {
         match answers {
             Ok((answers, lookups)) if answers.len() == group.len() => {
                 for ((append, answer), nodes) in group.into_iter().zip(answers).zip(lookups) {
+                    let answer = match answer {
+                        // An event is due that the script could not queue.
+                        Value::Array(mut due) if due.len() == 1 => match (due.pop(), &append.event) {
+                            (Some(Value::Integer(seq)), Some(event)) => {
+                                let body = event.render(u64::try_from(seq).unwrap_or_default());
+                                match self.queue_event(&append.user, EventType::MessageStored, &body).await {
+                                    Ok(()) => Value::Integer(seq),
+                                    Err(error) => {
+                                        self.counters.backend_errors.inc();
+                                        tracing::warn!(%error, "message.stored event not queued");
+                                        Value::Integer(seq)
+                                    }
+                                }
+                            }
+                            _ => Value::Null,
+                        },
+                        answer => answer,
+                    };
                     let appended = match (answer, nodes) {
                         (Value::Integer(seq), Ok(nodes)) => {
                             Ok(Appended::Logged { seq: u64::try_from(seq).unwrap_or_default(), nodes })
