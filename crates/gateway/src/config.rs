@@ -479,10 +479,11 @@ mod tests {
             let error = parse(&args).unwrap_err();
             assert!(error.contains(setting), "{args:?}: {error}");
         }
-        let config = parse(&["--jwt-secret", "s", "--webhook-url", "https://app.example/events", "--webhook-secret", "k"])
-            .unwrap()
-            .webhook
-            .unwrap();
+        let config =
+            parse(&["--jwt-secret", "s", "--webhook-url", "https://app.example/events", "--webhook-secret", "k"])
+                .unwrap()
+                .webhook
+                .unwrap();
         assert_eq!((config.max_age, config.bodies), (Duration::from_secs(3600), false));
     }
 }

@@ -255,7 +255,9 @@ impl Delivery {
             let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await;
             if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
     }
 
     /// `sha256=<hex HMAC-SHA256 of the body>`.

@@ -111,7 +111,7 @@ impl Inner {
 }
 
 impl RedisEvents {
-    pub(super) fn new(inner: Arc<Inner>) -> Option<EventQueue> {
+    pub(super) fn queue(inner: Arc<Inner>) -> Option<EventQueue> {
         let state = inner.events.clone()?;
         Some(EventQueue::Redis(Self { inner, state }))
     }
@@ -150,7 +150,8 @@ impl RedisEvents {
     /// Takes free leases up to this node's fair share, or gives up what is
     /// past it, so that the shards spread over the live nodes.
     async fn rebalance(&self, held: Vec<u16>, count: usize) -> Result<Vec<QueuedEvent>, BackendError> {
-        let nodes = self.inner.replica.peers().len() + 1;
+        let me = self.inner.me();
+        let nodes = self.inner.replica.peers().iter().filter(|peer| &***peer != me).count() + 1;
         let fair = usize::from(SHARDS).div_ceil(nodes);
         let mut taken = Vec::new();
         if held.len() > fair {
@@ -158,13 +159,13 @@ impl RedisEvents {
                 self.state.held[usize::from(*shard)].store(0, Ordering::Relaxed);
                 let lease = self.inner.keys.events_lease(*shard);
                 let _: Value =
-                    self.state.release.evalsha_with_reload(&self.inner.client, vec![lease], vec![self.inner.me()]).await?;
+                    self.state.release.evalsha_with_reload(&self.inner.client, vec![lease], vec![me]).await?;
             }
             return Ok(taken);
         }
         // Each node starts looking at its own place, so that nodes
         // starting together do not all reach for the same shards.
-        let start = fred::util::redis_keyslot(self.inner.me().as_bytes()) % SHARDS;
+        let start = fred::util::redis_keyslot(me.as_bytes()) % SHARDS;
         let mut holding = held.len();
         for shard in (0..SHARDS).map(|i| (start + i) % SHARDS) {
             if holding >= fair {
@@ -216,7 +217,8 @@ impl RedisEvents {
             }
         }
         let mut events = Vec::new();
-        while let (Some(id), Some(user), Some(kind), Some(body)) = (reply.next(), reply.next(), reply.next(), reply.next())
+        while let (Some(id), Some(user), Some(kind), Some(body)) =
+            (reply.next(), reply.next(), reply.next(), reply.next())
         {
             let queued_ms = id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).unwrap_or(started);
             match EventType::parse(&kind) {

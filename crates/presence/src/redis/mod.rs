@@ -53,11 +53,11 @@ use uuid::Uuid;
 use crate::keys::Keys;
 use crate::{Accepted, Arrival, BackendError, Connected, Connecting, Counters, DeviceAck, Local, Outgoing, Settings};
 
+use events::EventState;
+pub use events::RedisEvents;
 use listen::Bounce;
 use replica::Replica;
 use route::Queued;
-pub use events::RedisEvents;
-use events::EventState;
 use store::Scripts;
 use window::Window;
 
@@ -285,7 +285,7 @@ impl RedisBackend {
     }
 
     pub fn events(&self) -> Option<crate::EventQueue> {
-        RedisEvents::new(self.inner.clone())
+        RedisEvents::queue(self.inner.clone())
     }
 
     pub async fn shutdown(&self) {

@@ -262,7 +262,8 @@ impl Inner {
                 Some((key, record)) => (key.clone(), record.clone()),
                 None => (seq.clone(), String::new()),
             };
-            let (head, tail) = append.event.as_ref().map_or_else(Default::default, |e| (e.head.clone(), e.tail.clone()));
+            let (head, tail) =
+                append.event.as_ref().map_or_else(Default::default, |e| (e.head.clone(), e.tail.clone()));
             args.extend([
                 record.into(),
                 Value::Bytes(append.entry.clone()),
