@@ -17,6 +17,7 @@
 //! Redis, pending for whoever holds the shard next).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const DEPTH_EVERY: Duration = Duration::from_secs(2);
 /// After the queue failed, it is asked again this late.
 const QUEUE_RETRY: Duration = Duration::from_secs(1);
+/// A failing endpoint is logged at `warn` at most this often (ms).
+const WARN_EVERY_MS: u64 = 10_000;
 /// What is read of an answer's body (and then dropped), so that its
 /// connection can be used again.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -92,6 +95,8 @@ pub struct Delivery {
     lanes: Mutex<HashMap<String, VecDeque<QueuedEvent>>>,
     /// Woken when an event left a lane.
     room: Notify,
+    /// When a failure was last logged at `warn` (ms).
+    warned_ms: AtomicU64,
     workers: TaskTracker,
 }
 
@@ -112,6 +117,7 @@ impl Delivery {
             permits: Semaphore::new(CONCURRENCY),
             lanes: Mutex::new(HashMap::new()),
             room: Notify::new(),
+            warned_ms: AtomicU64::new(0),
             workers: TaskTracker::new(),
         })
     }
@@ -201,7 +207,7 @@ impl Delivery {
             }
             if now_ms().saturating_sub(event.queued_ms) > max_age {
                 self.count(event.kind, "expired");
-                tracing::warn!(id = event.id, kind = event.kind.as_str(), "webhook event expired undelivered");
+                tracing::debug!(id = event.id, kind = event.kind.as_str(), "webhook event expired undelivered");
                 return self.forget(event).await;
             }
             let sent = tokio::select! {
@@ -215,10 +221,12 @@ impl Delivery {
                 }
                 Err(problem) => {
                     self.count(event.kind, "failed");
-                    if attempt == 0 {
+                    let now = now_ms();
+                    // One line per node every few seconds, not one per event.
+                    if now.saturating_sub(self.warned_ms.swap(now, Ordering::Relaxed)) >= WARN_EVERY_MS {
                         tracing::warn!(%problem, kind = event.kind.as_str(), "webhook failed; retrying");
                     } else {
-                        tracing::debug!(%problem, attempt, kind = event.kind.as_str(), "webhook failed again");
+                        tracing::debug!(%problem, attempt, kind = event.kind.as_str(), "webhook failed");
                     }
                 }
             }

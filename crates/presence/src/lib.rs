@@ -24,7 +24,7 @@ use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, DeviceId, Letter, Ms
 use uuid::Uuid;
 
 pub use cursor::Cursor;
-pub use events::{EventQueue, EventSettings, QueuedEvent, SHARDS, shard_of};
+pub use events::{EventQueue, EventSettings, QueuedEvent};
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 

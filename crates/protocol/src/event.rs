@@ -6,7 +6,6 @@
 //! on, `body`. The text is built once, when the event is decided, and sent
 //! byte for byte as it was queued: the signature covers exactly those bytes.
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::frame::Body;
@@ -39,49 +38,17 @@ impl EventType {
     }
 }
 
-#[derive(Serialize)]
-struct Head<'a> {
-    id: Uuid,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    msg: Option<MsgId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to: Option<&'a str>,
-}
-
-impl Head<'_> {
-    fn empty() -> Self {
-        Head { id: Uuid::nil(), kind: "", ts: 0, user: None, node: None, msg: None, from: None, to: None }
-    }
-
-    /// The object's text without its closing brace.
-    fn open(&self) -> String {
-        // A struct of strings, numbers and a UUID always serializes.
-        let mut text = serde_json::to_string(self).unwrap_or_default();
-        text.pop();
-        text
-    }
-}
-
 /// `user.online` or `user.offline` of `user`, decided on `node`.
 pub fn presence_event(kind: EventType, id: Uuid, ts: u64, user: &UserId, node: &str) -> String {
-    let head = Head { id, kind: kind.as_str(), ts, user: Some(user.as_str()), node: Some(node), ..Head::empty() };
-    let mut text = head.open();
-    text.push('}');
-    text
+    // A node id may hold any printable character; user ids need no escaping.
+    let node = serde_json::Value::from(node);
+    format!(r#"{{"id":"{id}","type":"{}","ts":{ts},"user":"{user}","node":{node}}}"#, kind.as_str())
 }
 
 /// A `message.stored` event before its seq is known: the seq is given in
 /// the same step that logs the message (in Redis, inside the script), and
-/// the text is `head`, the seq, `tail`.
+/// the text is `head`, the seq, `tail`. Built for every logged message
+/// while events are on, so written directly: ids need no escaping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
     pub head: String,
@@ -90,20 +57,14 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     pub fn new(id: Uuid, ts: u64, msg: MsgId, from: &UserId, to: &UserId, body: Option<&Body>) -> Self {
-        let head = Head {
-            id,
-            kind: EventType::MessageStored.as_str(),
-            ts,
-            msg: Some(msg),
-            from: Some(from.as_str()),
-            to: Some(to.as_str()),
-            ..Head::empty()
-        };
+        let head = format!(
+            r#"{{"id":"{id}","type":"message.stored","ts":{ts},"msg":"{msg}","from":"{from}","to":"{to}","seq":"#
+        );
         let tail = match body {
             Some(body) => format!(",\"body\":{}}}", body.json()),
             None => "}".to_owned(),
         };
-        Self { head: format!("{},\"seq\":", head.open()), tail }
+        Self { head, tail }
     }
 
     pub fn render(&self, seq: u64) -> String {
@@ -141,5 +102,8 @@ mod tests {
             assert_eq!(stored, want);
         }
         assert_eq!(EventType::parse("user.offline"), Some(EventType::UserOffline));
+        let odd: serde_json::Value =
+            serde_json::from_str(&presence_event(EventType::UserOffline, id, 7, &bob, r#"n"1\"#)).unwrap();
+        assert_eq!(odd["node"], r#"n"1\"#);
     }
 }
