@@ -12,16 +12,18 @@
 --   slot: the caller queues the event);
 -- ARGV[7i-6..7i]: dedupe record ('' for none), letter (MessagePack), max
 --   len, log ttl ms ('0': keep the expiry as it is), recipient, event text
---   before the seq ('' events off), event text after the seq.
--- Then the dedupe ttl (ms), then the nodes taken for dead (their
--- connections are not live).
+--   before the seq, event text after the seq ('' when the caller took the
+--   recipient for live and did not build the event).
+-- Then the dedupe ttl (ms), '1' when events are on, and the nodes taken
+-- for dead (their connections are not live).
 -- Returns, per message, the previous dedupe record (a repeated send id:
 -- nothing was logged), the new seq, or {seq} when an event is due and the
--- caller queues it.
+-- caller queues it (it could not reach the shard, or has no event text).
 local count = #KEYS / 5
 local dedupe_ttl = ARGV[7 * count + 1]
+local events_on = ARGV[7 * count + 2] == '1'
 local dead = {}
-for i = 7 * count + 2, #ARGV do
+for i = 7 * count + 3, #ARGV do
   dead[ARGV[i]] = true
 end
 local function live(conns)
@@ -59,8 +61,8 @@ for i = 1, count do
       redis.call('PEXPIRE', log, ttl)
     end
     answers[i] = seq
-    if head ~= '' and not live(conns) then
-      if events == conns then
+    if events_on and not live(conns) then
+      if events == conns or head == '' then
         answers[i] = {seq}
       else
         redis.call('XADD', events, '*', 'u', user, 't', 'message.stored', 'e', head .. string.format('%d', seq) .. tail)

@@ -164,13 +164,13 @@ impl Inner {
         let guess = if live.is_empty() { AcceptStatus::Stored } else { AcceptStatus::Routed };
         let record = |key: String| (key, format!("{}:{}", entry.letter.msg, guess.as_str()));
         if self.settings.mode == Mode::Durable {
-            return self.append(to, entry, sent.map(record)).await;
+            return self.append(to, entry, sent.map(record), live.is_empty()).await;
         }
         if live.is_empty() {
             // Nobody live: stored, after whatever this node sent the user
             // live before has been handled, so that it does not overtake it.
             Box::pin(self.settle(to)).await;
-            let taken = self.append(to, entry, sent.map(record)).await?;
+            let taken = self.append(to, entry, sent.map(record), true).await?;
             if let Taken::Route { nodes, .. } = &taken {
                 self.replica.repair(to, nodes, self.me());
             }
@@ -201,19 +201,18 @@ impl Inner {
     }
 
     /// Logs `entry` for `to` (with the flush window's other appends), then
-    /// looks `to` up.
+    /// looks `to` up. `offline`: this node knows of no live connection of
+    /// `to`, so its `message.stored` event is likely and goes with the
+    /// append, to be queued in the script.
     async fn append(
         &self,
         to: &UserId,
         entry: &LogEntry<'_>,
         dedupe: Option<(String, String)>,
+        offline: bool,
     ) -> Result<Taken, BackendError> {
         let (done, appended) = oneshot::channel();
-        let event = self.settings.events.as_ref().map(|events| {
-            let letter = entry.letter;
-            let body = events.bodies.then_some(&letter.body);
-            StoredEvent::new(Uuid::now_v7(), now_ms(), letter.msg, &letter.from, to, body)
-        });
+        let event = offline.then(|| self.stored_event(to, entry.letter)).flatten();
         let append = Append { user: to.clone(), dedupe, entry: entry.bytes()?, event, done };
         self.appends.lock().unwrap_or_else(|e| e.into_inner()).push(append);
         self.window.wait().await;
@@ -277,7 +276,10 @@ impl Inner {
         }
         args.push(millis(DEDUPE_WINDOW).to_string().into());
         if self.settings.events.is_some() {
+            args.push("1".into());
             args.extend(self.dead.read().unwrap_or_else(|e| e.into_inner()).iter().map(|node| node.as_str().into()));
+        } else {
+            args.push("0".into());
         }
         // The lookups go right after the script, on the same connection:
         // each sees presence as of after its message was stored.
@@ -301,18 +303,12 @@ impl Inner {
             Ok((answers, lookups)) if answers.len() == group.len() => {
                 for ((append, answer), nodes) in group.into_iter().zip(answers).zip(lookups) {
                     let answer = match answer {
-                        // An event is due that the script could not queue.
-                        Value::Array(mut due) if due.len() == 1 => match (due.pop(), &append.event) {
-                            (Some(Value::Integer(seq)), Some(event)) => {
-                                let body = event.render(u64::try_from(seq).unwrap_or_default());
-                                match self.queue_event(&append.user, EventType::MessageStored, &body).await {
-                                    Ok(()) => Value::Integer(seq),
-                                    Err(error) => {
-                                        self.counters.backend_errors.inc();
-                                        tracing::warn!(%error, "message.stored event not queued");
-                                        Value::Integer(seq)
-                                    }
-                                }
+                        // An event is due that the script could not queue:
+                        // on Cluster, or the recipient left a moment ago.
+                        Value::Array(mut due) if due.len() == 1 => match due.pop() {
+                            Some(Value::Integer(seq)) => {
+                                self.queue_due(&append, seq).await;
+                                Value::Integer(seq)
                             }
                             _ => Value::Null,
                         },
@@ -335,11 +331,34 @@ impl Inner {
         }
     }
 
+    /// Queues the `message.stored` event the append script found due and
+    /// could not queue. The message is logged whatever becomes of it.
+    async fn queue_due(&self, append: &Append, seq: i64) {
+        let event = append.event.clone().or_else(|| {
+            let letter = Letter::decode(&append.entry).ok()?;
+            self.stored_event(&append.user, &letter)
+        });
+        let Some(event) = event else { return };
+        let body = event.render(u64::try_from(seq).unwrap_or_default());
+        if let Err(error) = self.queue_event(&append.user, EventType::MessageStored, &body).await {
+            self.counters.backend_errors.inc();
+            tracing::warn!(%error, "message.stored event not queued");
+        }
+    }
+
+    /// The `message.stored` event of `letter` for `to`; none when events
+    /// are off.
+    fn stored_event(&self, to: &UserId, letter: &Letter) -> Option<StoredEvent> {
+        let events = self.settings.events.as_ref()?;
+        let body = events.bodies.then_some(&letter.body);
+        Some(StoredEvent::new(Uuid::now_v7(), now_ms(), letter.msg, &letter.from, to, body))
+    }
+
     /// Logs a live-only message whose recipient was not where it was sent:
     /// no dedupe (the sender's node recorded it), routed where the
     /// recipient is now.
     pub(super) async fn store_bounced(&self, letter: &Letter, to: &UserId) -> Result<Taken, BackendError> {
-        Box::pin(self.append(to, &LogEntry { letter, bytes: OnceLock::new() }, None)).await
+        Box::pin(self.append(to, &LogEntry { letter, bytes: OnceLock::new() }, None, true)).await
     }
 
     /// The nodes holding `to`'s connections, as presence lists them.
