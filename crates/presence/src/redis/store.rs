@@ -2,7 +2,9 @@
 //! change there.
 //!
 //! A logged message is one entry of the `append` script: its dedupe check,
-//! its seq and its log entry in one atomic step on the recipient's slot,
+//! its seq, its log entry and, for a recipient with no live connection
+//! while events are on, its `message.stored` event, in one atomic step on
+//! the recipient's slot,
 //! followed on the same connection by a lookup of where the recipient is,
 //! so that a message stored while its recipient connects is found by the
 //! recipient's replay or routed to its new connection. The appends of one
