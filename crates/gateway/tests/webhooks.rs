@@ -284,3 +284,31 @@ async fn single_node_mode_sends_the_same_events() {
     assert_event(about(&events, "carol")[0], "message.stored", &fields);
     assert_eq!(receiver.forged(), 0);
 }
+
+#[tokio::test]
+async fn an_event_past_max_age_is_dropped_and_counted() {
+    let receiver = WebhookReceiver::start().await;
+    receiver.fail();
+    let mut args = receiver.args();
+    args.extend(["--webhook-max-age", "1s"].map(str::to_owned));
+    let node = NodeProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let bob = Client::connect(&node.ws_url(), "bob").await;
+    let expired = |metrics: &switchboard_testkit::Scrape| {
+        metrics.value("switchboard_webhook_events_total", &[("type", "user.online"), ("outcome", "expired")])
+    };
+    eventually("user.online to expire", || async { expired(&scrape(node.metrics).await) == 1.0 }).await;
+    // Dropped: the next event of bob's comes through once the receiver is back.
+    receiver.succeed();
+    drop(bob);
+    let events = receiver.wait_for("bob offline", |events| !kinds(events, "bob").is_empty()).await;
+    assert_eq!(kinds(&events, "bob"), ["user.offline"]);
+    let metrics = scrape(node.metrics).await;
+    assert_eq!(expired(&metrics), 1.0);
+    assert!(
+        metrics.value("switchboard_webhook_events_total", &[("type", "user.online"), ("outcome", "failed")]) >= 1.0
+    );
+    eventually("the queue depth to read 0", || async {
+        scrape(node.metrics).await.value("switchboard_webhook_queue_depth", &[]) == 0.0
+    })
+    .await;
+}

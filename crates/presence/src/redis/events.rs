@@ -98,15 +98,20 @@ impl Inner {
     pub(super) async fn release_leases(&self) {
         let Some(state) = &self.events else { return };
         for shard in 0..SHARDS {
-            if state.held[usize::from(shard)].swap(0, Ordering::Relaxed) != 0 {
-                let lease = self.keys.events_lease(shard);
-                let released: Result<Value, _> =
-                    state.release.evalsha_with_reload(&self.client, vec![lease], vec![self.me()]).await;
-                if let Err(error) = released {
-                    tracing::debug!(%error, shard, "event lease not released; it lapses");
-                }
+            if state.held[usize::from(shard)].load(Ordering::Relaxed) != 0
+                && let Err(error) = self.release_lease(state, shard).await
+            {
+                tracing::debug!(%error, shard, "event lease not released; it lapses");
             }
         }
+    }
+
+    /// Stops delivering `shard` and gives up its lease, if this node holds it.
+    async fn release_lease(&self, state: &EventState, shard: u16) -> Result<(), BackendError> {
+        state.held[usize::from(shard)].store(0, Ordering::Relaxed);
+        let lease = self.keys.events_lease(shard);
+        let _: Value = state.release.evalsha_with_reload(&self.client, vec![lease], vec![self.me()]).await?;
+        Ok(())
     }
 }
 
@@ -156,10 +161,7 @@ impl RedisEvents {
         let mut taken = Vec::new();
         if held.len() > fair {
             for shard in &held[fair..] {
-                self.state.held[usize::from(*shard)].store(0, Ordering::Relaxed);
-                let lease = self.inner.keys.events_lease(*shard);
-                let _: Value =
-                    self.state.release.evalsha_with_reload(&self.inner.client, vec![lease], vec![me]).await?;
+                self.inner.release_lease(&self.state, *shard).await?;
             }
             return Ok(taken);
         }
