@@ -1,7 +1,8 @@
 -- Takes events from one shard for the node that holds its lease: keeps
 -- or takes the lease, then claims every entry pending in the consumer
 -- group (once, page by page, right after the lease changed hands: what a
--- dead or departed node had taken and not finished) or reads new entries.
+-- dead or departed node had taken and not finished; then the consumers
+-- left with nothing are deleted) or reads new entries.
 -- Claims come in entry order, before any new entry, so each user's
 -- events are handed out in the order they were queued.
 --
@@ -31,6 +32,19 @@ if cursor ~= '' then
   end
   cursor = claimed[1] == '0-0' and '' or claimed[1]
   entries = claimed[2]
+  if cursor == '' then
+    -- Everything pending is ours now: forget the consumers left with
+    -- nothing (nodes gone; one still alive is made again by its next read).
+    for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
+      local info = {}
+      for j = 1, #consumer, 2 do
+        info[consumer[j]] = consumer[j + 1]
+      end
+      if info.name ~= node and info.pending == 0 then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, info.name)
+      end
+    end
+  end
 else
   local read = redis.pcall('XREADGROUP', 'GROUP', group, node, 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
   if type(read) == 'table' and read.err then
