@@ -205,7 +205,7 @@ impl Delivery {
             if !self.queue.owns(event.shard) {
                 return Left::Abandoned;
             }
-            if now_ms().saturating_sub(event.queued_ms) > max_age {
+            if switchboard_presence::unix_millis().saturating_sub(event.queued_ms) > max_age {
                 self.count(event.kind, "expired");
                 tracing::debug!(id = event.id, kind = event.kind.as_str(), "webhook event expired undelivered");
                 return self.forget(event).await;
@@ -221,7 +221,7 @@ impl Delivery {
                 }
                 Err(problem) => {
                     self.count(event.kind, "failed");
-                    let now = now_ms();
+                    let now = switchboard_presence::unix_millis();
                     // One line per node every few seconds, not one per event.
                     if now.saturating_sub(self.warned_ms.swap(now, Ordering::Relaxed)) >= WARN_EVERY_MS {
                         tracing::warn!(%problem, kind = event.kind.as_str(), "webhook failed; retrying");
@@ -307,10 +307,6 @@ impl Delivery {
 fn backoff(attempt: u32) -> Duration {
     let full = RETRY_MIN.saturating_mul(2u32.saturating_pow(attempt.min(16))).min(RETRY_MAX);
     full.mul_f64(0.5 + rand::random::<f64>() * 0.5)
-}
-
-fn now_ms() -> u64 {
-    switchboard_presence::unix_micros() / 1000
 }
 
 #[cfg(test)]

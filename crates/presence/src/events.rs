@@ -121,7 +121,7 @@ impl MemorySink {
             user: user.as_str().to_owned(),
             kind,
             body: Bytes::from(body),
-            queued_ms: crate::unix_micros() / 1000,
+            queued_ms: crate::unix_millis(),
         };
         if self.queue.send(event).is_ok() {
             self.depth.fetch_add(1, Ordering::Relaxed);

@@ -333,6 +333,11 @@ pub fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    unix_micros() / 1000
+}
+
 fn reached(connections: usize) -> AcceptStatus {
     if connections > 0 { AcceptStatus::Routed } else { AcceptStatus::Stored }
 }

@@ -161,10 +161,6 @@ impl MemoryBackend {
     }
 }
 
-fn now_ms() -> u64 {
-    crate::unix_micros() / 1000
-}
-
 async fn sweep(state: Arc<State>, stop: CancellationToken) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     loop {
@@ -183,7 +179,8 @@ impl State {
         let node = &self.settings.node_id;
         // Queued while the count's entry is held, so a user's events are
         // queued in the order of its counts.
-        let queue = |kind| events.push(user, kind, presence_event(kind, Uuid::now_v7(), now_ms(), user, node));
+        let queue =
+            |kind| events.push(user, kind, presence_event(kind, Uuid::now_v7(), crate::unix_millis(), user, node));
         match self.present.entry(user.clone()) {
             dashmap::Entry::Occupied(mut count) if connected => *count.get_mut() += 1,
             dashmap::Entry::Occupied(count) if *count.get() > 1 => *count.into_ref() -= 1,
@@ -282,7 +279,7 @@ impl State {
         {
             // Queued while the log is held, so in seq order.
             let body = settings.bodies.then_some(&letter.body);
-            let event = StoredEvent::new(Uuid::now_v7(), now_ms(), letter.msg, &letter.from, to, body);
+            let event = StoredEvent::new(Uuid::now_v7(), crate::unix_millis(), letter.msg, &letter.from, to, body);
             events.push(to, EventType::MessageStored, event.render(seq));
         }
         seq

@@ -336,5 +336,5 @@ fn ttl_i64(ms: u64) -> i64 {
 }
 
 fn now_ms() -> u64 {
-    crate::unix_micros() / 1000
+    crate::unix_millis()
 }
