@@ -130,6 +130,25 @@ pub struct ServeArgs {
     /// (behind a proxy every client has the proxy's address).
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// Events for the application backend (contract section 11).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// URL the events are POSTed to; unset: no events.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Key of the HMAC-SHA256 signature of each event (required with --webhook-url).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// `message.stored` events carry the message body.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BODIES")]
+    pub webhook_bodies: bool,
+    /// An event not delivered within this long is dropped (and counted).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_MAX_AGE", default_value = "1h", value_parser = duration)]
+    pub webhook_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +209,34 @@ pub struct Config {
     pub threads: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Events for the application backend; none: off.
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: Uri,
+    pub secret: String,
+    pub bodies: bool,
+    pub max_age: Duration,
+}
+
+impl WebhookArgs {
+    fn validate(self) -> Result<Option<WebhookConfig>, ConfigError> {
+        let bad = |setting, problem: &str| Err(ConfigError { setting, problem: problem.to_owned() });
+        if self.webhook_max_age < Duration::from_secs(1) {
+            return bad("webhook-max-age", "must be at least 1s");
+        }
+        let Some(url) = self.webhook_url else {
+            return Ok(None);
+        };
+        let url = http_url(&url, "webhook-url")?;
+        let secret = match self.webhook_secret {
+            Some(secret) if !secret.is_empty() => secret,
+            _ => return bad("webhook-secret", "required with --webhook-url, not empty: receivers check signatures"),
+        };
+        Ok(Some(WebhookConfig { url, secret, bodies: self.webhook_bodies, max_age: self.webhook_max_age }))
+    }
 }
 
 impl ServeArgs {
@@ -226,7 +273,8 @@ impl ServeArgs {
         }
         let jwt_public_keys = keys::read_key_files(&self.jwt_public_key)
             .map_err(|e| ConfigError { setting: "jwt-public-key", problem: e.to_string() })?;
-        let jwks_url = self.jwks_url.as_deref().map(jwks_url).transpose()?;
+        let jwks_url = self.jwks_url.as_deref().map(|url| http_url(url, "jwks-url")).transpose()?;
+        let webhook = self.webhook.validate()?;
         if self.jwks_refresh < Duration::from_secs(1) {
             return bad("jwks-refresh", "must be at least 1s");
         }
@@ -325,6 +373,7 @@ impl ServeArgs {
             threads: self.threads,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            webhook,
         })
     }
 }
@@ -339,9 +388,8 @@ impl Config {
 }
 
 /// An `http` or `https` URL with a host and no user info.
-fn jwks_url(text: &str) -> Result<Uri, ConfigError> {
-    let bad =
-        || ConfigError { setting: "jwks-url", problem: "must be an http:// or https:// URL with a host".to_owned() };
+fn http_url(text: &str, setting: &'static str) -> Result<Uri, ConfigError> {
+    let bad = || ConfigError { setting, problem: "must be an http:// or https:// URL with a host".to_owned() };
     let url: Uri = text.parse().map_err(|_| bad())?;
     let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
     let authority = url.authority().ok_or_else(bad)?;
@@ -415,5 +463,27 @@ mod tests {
         assert_eq!(config.jwks_url.unwrap().host(), Some("keys.example"));
         assert_eq!(config.jwks_refresh, Duration::from_secs(300));
         assert!(config.jwt_public_keys.is_empty() && config.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn webhooks_need_a_url_and_a_secret() {
+        assert!(parse(&["--jwt-secret", "s"]).unwrap().webhook.is_none());
+        for (args, setting) in [
+            (&["--webhook-url", "http://127.0.0.1:9/hook"][..], "--webhook-secret"),
+            (&["--webhook-url", "http://127.0.0.1:9/hook", "--webhook-secret", ""], "--webhook-secret"),
+            (&["--webhook-url", "hooks.example/in", "--webhook-secret", "k"], "--webhook-url"),
+            (&["--webhook-max-age", "0s"], "--webhook-max-age"),
+            (&["--webhook-max-age", "later"], "--webhook-max-age"),
+        ] {
+            let args: Vec<&str> = ["--jwt-secret", "s"].iter().chain(args).copied().collect();
+            let error = parse(&args).unwrap_err();
+            assert!(error.contains(setting), "{args:?}: {error}");
+        }
+        let config =
+            parse(&["--jwt-secret", "s", "--webhook-url", "https://app.example/events", "--webhook-secret", "k"])
+                .unwrap()
+                .webhook
+                .unwrap();
+        assert_eq!((config.max_age, config.bodies), (Duration::from_secs(3600), false));
     }
 }

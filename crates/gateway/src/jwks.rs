@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -28,7 +28,6 @@ use crate::keys::{self, PublicKey};
 pub const COOLDOWN: Duration = Duration::from_secs(3);
 /// A fetch that takes longer fails.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Larger documents are refused; real ones hold a few keys.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// After a failed fetch, the next is tried this soon, then twice as late
@@ -85,22 +84,8 @@ pub struct Jwks {
 impl Jwks {
     /// Ready to fetch from `url` (`http` or `https`, validated by the config).
     pub fn new(url: Uri) -> Result<Self, JwksError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| JwksError::Roots(std::io::Error::other(e)))?;
-        // Roots are only needed (and only required to exist) for https.
-        let tls = if url.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            tls.with_native_roots().map_err(JwksError::Roots)?.with_no_client_auth()
-        } else {
-            tls.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector =
-            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+            crate::outbound::connector(url.scheme() == Some(&http::uri::Scheme::HTTPS)).map_err(JwksError::Roots)?;
         Ok(Self { url, connector, keys: RwLock::new(None), last_fetch: tokio::sync::Mutex::new(None) })
     }
 

@@ -14,8 +14,10 @@ mod jwks;
 mod keys;
 mod limits;
 mod node;
+mod outbound;
 mod respond;
 mod serve;
+mod webhook;
 
 pub use auth::{AuthError, issue_token};
 pub use config::{Cli, Command, Config, ConfigError, ServeArgs, TokenArgs};

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use switchboard_metrics::Metrics;
-use switchboard_presence::{Backend, Counters, Settings};
+use switchboard_presence::{Backend, Counters, EventSettings, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use crate::http;
 use crate::hub::Hub;
 use crate::limits::ConnectionsPerIp;
 use crate::node::Node;
+use crate::webhook::{Delivery, Poster};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +29,8 @@ pub enum ServeError {
     Backend(#[from] switchboard_presence::BackendError),
     #[error("cannot fetch --jwks-url: {0}")]
     Jwks(crate::jwks::JwksError),
+    #[error("cannot set up --webhook-url: {0}")]
+    Webhook(std::io::Error),
 }
 
 /// Runs a node on already-bound listeners until `shutdown` resolves, then
@@ -40,6 +43,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Before the backend: nothing is left to stop if this fails.
     let auth = Authenticator::new(&config).map_err(ServeError::Jwks)?;
+    let poster = config.webhook.as_ref().map(Poster::new).transpose().map_err(ServeError::Webhook)?;
     let metrics = Metrics::new(&config.node_id);
     let hub = Arc::new(Hub::default());
     let counters = Counters {
@@ -59,6 +63,7 @@ pub async fn serve(
         node_ttl: config.node_ttl,
         prefix: config.redis_prefix.clone(),
         batch_window: config.redis_batch_window,
+        events: config.webhook.as_ref().map(|webhook| EventSettings { bodies: webhook.bodies }),
     };
     let backend = match &config.redis_url {
         Some(url) => Backend::redis(url, settings, hub.clone(), counters).await?,
@@ -95,6 +100,14 @@ pub async fn serve(
         background.spawn(jwks.clone().run(node.config.jwks_refresh, stop.clone()));
     }
     background.close();
+    // Its own owner: it stops after the connections, before the backend
+    // it reads from.
+    let webhooks = CancellationToken::new();
+    let delivery = TaskTracker::new();
+    if let (Some(poster), Some(queue)) = (poster, node.backend.events()) {
+        delivery.spawn(Delivery::new(queue, poster, node.metrics.clone()).run(webhooks.clone()));
+    }
+    delivery.close();
 
     shutdown.await;
     let open = node.connections.len();
@@ -106,6 +119,8 @@ pub async fn serve(
         node.abort.cancel();
         node.connections.wait().await;
     }
+    webhooks.cancel();
+    delivery.wait().await;
     node.backend.shutdown().await;
     stop.cancel();
     background.wait().await;

@@ -31,6 +31,15 @@ pub const ERROR_CODES: [&str; 5] = ["bad_frame", "too_large", "rate_limited", "i
 /// Backend operations timed in `switchboard_backend_seconds`.
 pub const BACKEND_OPS: [&str; 4] = ["send", "connect", "ack", "presence"];
 
+/// Event types counted in `switchboard_webhook_events_total`.
+pub const WEBHOOK_TYPES: [&str; 3] = ["user.online", "user.offline", "message.stored"];
+
+/// What became of a webhook delivery attempt, as counted in
+/// `switchboard_webhook_events_total`: `delivered` (a 2xx), `failed` (an
+/// attempt that will be retried), `expired` (dropped past
+/// `webhook-max-age`).
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "expired"];
+
 /// Every metric of one node, registered in its own registry.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -67,6 +76,11 @@ pub struct Metrics {
     pub backend_connect: Histogram,
     pub backend_ack: Histogram,
     pub backend_presence: Histogram,
+    /// By type ([`WEBHOOK_TYPES`]) and outcome ([`WEBHOOK_OUTCOMES`]).
+    pub webhook_events: IntCounterVec,
+    /// Events queued for the application backend and not yet delivered,
+    /// in the whole cluster.
+    pub webhook_queue_depth: IntGauge,
 }
 
 impl Metrics {
@@ -115,7 +129,19 @@ impl Metrics {
                 &["op"],
             ),
         );
+        let webhook_events = register(
+            r,
+            IntCounterVec::new(
+                Opts::new("switchboard_webhook_events_total", "Webhook delivery attempts, by event type and outcome"),
+                &["type", "outcome"],
+            ),
+        );
         // Every label value exists from the start, at zero.
+        for kind in WEBHOOK_TYPES {
+            for outcome in WEBHOOK_OUTCOMES {
+                webhook_events.with_label_values(&[kind, outcome]);
+            }
+        }
         for reason in DISCONNECT_REASONS {
             disconnects.with_label_values(&[reason]);
         }
@@ -194,6 +220,14 @@ impl Metrics {
             backend_connect,
             backend_ack,
             backend_presence,
+            webhook_events,
+            webhook_queue_depth: register(
+                r,
+                IntGauge::new(
+                    "switchboard_webhook_queue_depth",
+                    "Events queued for the application backend and not yet delivered (whole cluster)",
+                ),
+            ),
             registry,
         }
     }
@@ -245,6 +279,8 @@ mod tests {
             "switchboard_disconnects_total{reason=\"slow_consumer\"} 0",
             "switchboard_client_errors_total{code=\"rate_limited\"} 0",
             "switchboard_backend_seconds_count{op=\"send\"} 0",
+            "switchboard_webhook_events_total{outcome=\"expired\",type=\"message.stored\"} 0",
+            "switchboard_webhook_queue_depth 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -15,6 +15,8 @@
 //! | `{p}n:{node}:sweep` | string | lock of the one node sweeping this dead node |
 //! | `{p}n:{node}:swept` | string | left by a sweep: the node, if alive, registers again |
 //! | `{p}n:{node}:ch` | channel | sharded pub/sub channel of the node |
+//! | `{p}wh:{shard}:q` | stream | queued events of the users of one shard, fields `u` user, `t` type, `e` body; consumer group `switchboard` |
+//! | `{p}wh:{shard}:lease` | string | the node delivering the shard's events, expires after `node-ttl` |
 //! | `{p}nodes` | sorted set | node id -> last heartbeat (ms), the node directory |
 //! | `{p}epoch` | string | the life of the stored state |
 
@@ -75,6 +77,16 @@ impl Keys {
         format!("{}n:{{{node}}}:ch", self.prefix)
     }
 
+    /// One shard of the event queue; its own hash tag, so the shards spread
+    /// over a Cluster's masters.
+    pub fn events(&self, shard: u16) -> String {
+        format!("{}wh:{{{shard}}}:q", self.prefix)
+    }
+
+    pub fn events_lease(&self, shard: u16) -> String {
+        format!("{}wh:{{{shard}}}:lease", self.prefix)
+    }
+
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
     }
@@ -108,5 +120,6 @@ mod tests {
         for key in [keys.node_alive("n1"), keys.node_conns("n1"), keys.node_channel("n1"), keys.node_sweep("n1")] {
             assert_eq!(tag(&key), "n1", "{key}");
         }
+        assert_eq!((tag(&keys.events(3)), tag(&keys.events_lease(3))), ("3", "3"));
     }
 }

@@ -12,6 +12,7 @@
 //! background tasks and ends them in [`Backend::shutdown`].
 
 mod cursor;
+mod events;
 mod keys;
 mod memory;
 mod redis;
@@ -23,6 +24,7 @@ use switchboard_protocol::{AcceptStatus, Body, ClientMsgId, DeviceId, Letter, Ms
 use uuid::Uuid;
 
 pub use cursor::Cursor;
+pub use events::{EventQueue, EventSettings, QueuedEvent};
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 
@@ -57,6 +59,8 @@ pub struct Settings {
     /// Redis commands of the hot path issued within this long go out in
     /// one write; zero: each as soon as it is issued.
     pub batch_window: Duration,
+    /// Events for the application backend; none: off.
+    pub events: Option<EventSettings>,
 }
 
 /// The counters a backend moves; registered by the caller.
@@ -279,7 +283,10 @@ impl Backend {
     /// this node.
     pub async fn disconnect(&self, user: &UserId, conn: Uuid, last: bool) -> Result<(), BackendError> {
         match self {
-            Self::Memory(_) => Ok(()),
+            Self::Memory(m) => {
+                m.disconnect(user);
+                Ok(())
+            }
             Self::Redis(r) => Box::pin(r.disconnect(user, conn, last)).await,
         }
     }
@@ -333,6 +340,15 @@ impl Backend {
         }
     }
 
+    /// The queue of events this node delivers, once; none when events are
+    /// off (or it was taken).
+    pub fn events(&self) -> Option<EventQueue> {
+        match self {
+            Self::Memory(m) => m.events(),
+            Self::Redis(r) => r.events(),
+        }
+    }
+
     /// Ends the background tasks and removes this node from presence.
     pub async fn shutdown(&self) {
         match self {
@@ -345,6 +361,11 @@ impl Backend {
 /// Now, in microseconds since the Unix epoch.
 pub fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    unix_micros() / 1000
 }
 
 fn reached(connections: usize) -> AcceptStatus {

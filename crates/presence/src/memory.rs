@@ -4,16 +4,19 @@
 //! not acked is gone).
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use switchboard_protocol::{AcceptStatus, ClientMsgId, DeviceId, Letter, MsgId, UserId};
+use switchboard_protocol::{
+    AcceptStatus, ClientMsgId, DeviceId, EventType, Letter, MsgId, StoredEvent, UserId, presence_event,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::cursor::Cursor;
+use crate::events::{EventQueue, MemoryEvents, MemorySink};
 use crate::{
     Accepted, Arrival, Connected, Connecting, Counters, DEDUPE_WINDOW, DeviceAck, Kick, Local, Mode, Outgoing, Push,
     Settings, expired, letter_of, reached, receipt_for,
@@ -24,6 +27,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 pub struct MemoryBackend {
     state: Arc<State>,
+    /// The reading end of the event queue, until the delivery loop takes it.
+    events: Mutex<Option<MemoryEvents>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -36,6 +41,11 @@ struct State {
     logs: DashMap<UserId, Log>,
     /// Dedupe records by recipient, sender and send id.
     sent: DashMap<(UserId, UserId, ClientMsgId), Remembered>,
+    /// Connections per user, counted apart from the hub so that a user's
+    /// `user.online` and `user.offline` are decided, and queued, in one
+    /// step with the count.
+    present: DashMap<UserId, usize>,
+    events: Option<MemorySink>,
 }
 
 /// One user's log. `seq` stays when the entries are gone, so seqs never
@@ -68,6 +78,13 @@ struct Remembered {
 
 impl MemoryBackend {
     pub fn start(settings: Settings, local: Arc<dyn Local>, counters: Counters) -> Self {
+        let (sink, events) = match settings.events {
+            Some(_) => {
+                let (sink, events) = MemorySink::new();
+                (Some(sink), Some(events))
+            }
+            None => (None, None),
+        };
         let state = Arc::new(State {
             settings,
             epoch: Uuid::now_v7(),
@@ -75,12 +92,20 @@ impl MemoryBackend {
             counters,
             logs: DashMap::new(),
             sent: DashMap::new(),
+            present: DashMap::new(),
+            events: sink,
         });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(sweep(state.clone(), stop.clone()));
         tasks.close();
-        Self { state, stop, tasks }
+        Self { state, events: Mutex::new(events), stop, tasks }
+    }
+
+    /// The event queue, once (the delivery loop takes it); none when
+    /// events are off.
+    pub fn events(&self) -> Option<EventQueue> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).take().map(EventQueue::Memory)
     }
 
     pub fn node_id(&self) -> &str {
@@ -93,6 +118,7 @@ impl MemoryBackend {
 
     pub fn connect(&self, connecting: &Connecting) -> Connected {
         let state = &self.state;
+        state.count_presence(&connecting.user, true);
         let mut log = state.logs.entry(connecting.user.clone()).or_default();
         log.prune(&state.settings);
         let now = Instant::now();
@@ -114,6 +140,10 @@ impl MemoryBackend {
 
     pub fn kick(&self, kick: &Kick) -> usize {
         self.state.local.kick(kick)
+    }
+
+    pub fn disconnect(&self, user: &UserId) {
+        self.state.count_presence(user, false);
     }
 
     pub fn send(&self, outgoing: Outgoing) -> Accepted {
@@ -149,6 +179,30 @@ async fn sweep(state: Arc<State>, stop: CancellationToken) {
 }
 
 impl State {
+    /// Counts a connection in or out of presence, and queues `user.online`
+    /// or `user.offline` when that is the user's first or last one.
+    fn count_presence(&self, user: &UserId, connected: bool) {
+        let Some(events) = &self.events else { return };
+        let node = &self.settings.node_id;
+        // Queued while the count's entry is held, so a user's events are
+        // queued in the order of its counts.
+        let queue =
+            |kind| events.push(user, kind, presence_event(kind, Uuid::now_v7(), crate::unix_millis(), user, node));
+        match self.present.entry(user.clone()) {
+            dashmap::Entry::Occupied(mut count) if connected => *count.get_mut() += 1,
+            dashmap::Entry::Occupied(count) if *count.get() > 1 => *count.into_ref() -= 1,
+            dashmap::Entry::Occupied(count) => {
+                queue(EventType::UserOffline);
+                count.remove();
+            }
+            dashmap::Entry::Vacant(vacant) if connected => {
+                let _count = vacant.insert(1);
+                queue(EventType::UserOnline);
+            }
+            dashmap::Entry::Vacant(_) => {}
+        }
+    }
+
     fn send(&self, outgoing: Outgoing) -> Accepted {
         let msg = MsgId::new();
         let letter = Arc::new(letter_of(&outgoing, msg, &self.settings.node_id));
@@ -227,6 +281,14 @@ impl State {
             log.entries.pop_front();
         }
         self.counters.inbox_stored.inc();
+        if let (Some(events), Some(settings)) = (&self.events, &self.settings.events)
+            && self.local.connections(to) == 0
+        {
+            // Queued while the log is held, so in seq order.
+            let body = settings.bodies.then_some(&letter.body);
+            let event = StoredEvent::new(Uuid::now_v7(), crate::unix_millis(), letter.msg, &letter.from, to, body);
+            events.push(to, EventType::MessageStored, event.render(seq));
+        }
         seq
     }
 

@@ -15,6 +15,7 @@ mod metrics;
 mod node;
 mod proxy;
 mod redis;
+mod webhook;
 
 pub use client::{Client, Connect, ConnectError, silent_client};
 pub use http::{HttpResponse, get, post_json};
@@ -24,6 +25,7 @@ pub use metrics::{Scrape, scrape};
 pub use node::{NodeProcess, switchboard_bin};
 pub use proxy::ChaosProxy;
 pub use redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE};
+pub use webhook::{WEBHOOK_SECRET, WebhookReceiver};
 
 use std::time::Duration;
 

@@ -1,22 +1,45 @@
 -- Logs messages, atomically per message: each one's dedupe check, seq and
--- log entry. Many messages of one flush window go in one call (on Redis
--- Cluster, those whose recipients share a slot).
+-- log entry, and, when the recipient has no live connection, its
+-- `message.stored` event. Many messages of one flush window go in one call
+-- (on Redis Cluster, those whose recipients share a slot).
 --
 -- The entry id is `0-<seq>`: the seq counter is its own key, without an
 -- expiry, so seqs never repeat when a log expires.
 --
--- For message i, KEYS[3i-2..3i]: log stream, seq counter, dedupe key (the
---   seq counter again when the message has none);
--- ARGV[4i-3..4i]: dedupe record ('' for none), letter (MessagePack), max
---   len, log ttl ms ('0': keep the expiry as it is).
--- The dedupe ttl (ms) is the last ARGV.
+-- For message i, KEYS[5i-4..5i]: log stream, seq counter, dedupe key (the
+--   seq counter again when the message has none), presence hash, event
+--   shard stream (the presence hash again when the shard is in another
+--   slot: the caller queues the event);
+-- ARGV[7i-6..7i]: dedupe record ('' for none), letter (MessagePack), max
+--   len, log ttl ms ('0': keep the expiry as it is), recipient, event text
+--   before the seq, event text after the seq ('' when the caller took the
+--   recipient for live and did not build the event).
+-- Then the dedupe ttl (ms), '1' when events are on, and the nodes taken
+-- for dead (their connections are not live).
 -- Returns, per message, the previous dedupe record (a repeated send id:
--- nothing was logged) or the new seq.
-local dedupe_ttl = ARGV[#ARGV]
+-- nothing was logged), the new seq, or {seq} when an event is due and the
+-- caller queues it (it could not reach the shard, or has no event text).
+local count = #KEYS / 5
+local dedupe_ttl = ARGV[7 * count + 1]
+local events_on = ARGV[7 * count + 2] == '1'
+local dead = {}
+for i = 7 * count + 3, #ARGV do
+  dead[ARGV[i]] = true
+end
+local function live(conns)
+  for _, node in ipairs(redis.call('HVALS', conns)) do
+    if not dead[node] then
+      return true
+    end
+  end
+  return false
+end
 local answers = {}
-for i = 1, #KEYS / 3 do
-  local log, counter, dedupe = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local record, letter, max_len, ttl = ARGV[4 * i - 3], ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i]
+for i = 1, count do
+  local log, counter, dedupe, conns, events =
+    KEYS[5 * i - 4], KEYS[5 * i - 3], KEYS[5 * i - 2], KEYS[5 * i - 1], KEYS[5 * i]
+  local record, letter, max_len, ttl = ARGV[7 * i - 6], ARGV[7 * i - 5], ARGV[7 * i - 4], ARGV[7 * i - 3]
+  local user, head, tail = ARGV[7 * i - 2], ARGV[7 * i - 1], ARGV[7 * i]
   local previous = false
   if record ~= '' then
     previous = redis.call('SET', dedupe, record, 'NX', 'GET', 'PX', dedupe_ttl)
@@ -38,6 +61,13 @@ for i = 1, #KEYS / 3 do
       redis.call('PEXPIRE', log, ttl)
     end
     answers[i] = seq
+    if events_on and not live(conns) then
+      if events == conns or head == '' then
+        answers[i] = {seq}
+      else
+        redis.call('XADD', events, '*', 'u', user, 't', 'message.stored', 'e', head .. string.format('%d', seq) .. tail)
+      end
+    end
   end
 end
 return answers

@@ -141,14 +141,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes every presence entry of `node`, through its reverse index;
-    /// how many there were.
+    /// Removes every presence entry of `node`, through its reverse index
+    /// (each user whose last connection that was goes offline); how many
+    /// there were.
     pub(super) async fn remove_entries(&self, node: &str) -> Result<usize, BackendError> {
         let entries: HashMap<String, String> = self.client.hgetall(self.keys.node_conns(node)).await?;
         let count = entries.len();
-        let results: Vec<Result<(), fred::error::Error>> = futures_util::stream::iter(entries)
+        let results: Vec<Result<(), BackendError>> = futures_util::stream::iter(entries)
             .filter_map(|(conn, user)| async move { UserId::parse(&user).ok().map(|user| (conn, user)) })
-            .map(|(conn, user)| async move { self.client.hdel::<(), _, _>(self.keys.user_conns(&user), conn).await })
+            .map(|(conn, user)| async move { self.change_presence(&user, &conn, node, false).await })
             .buffer_unordered(FAN_OUT)
             .collect()
             .await;

@@ -15,12 +15,17 @@
 //!   envelope's sequence number (a gap makes every local connection read
 //!   its log again), and hands the items to local connections; a live-only
 //!   message whose recipient left is stored here, in order (`Fence`).
-//! - `presence`: registrations, and who is online.
+//! - `presence`: registrations, and who is online; a user's first and
+//!   last connection in the cluster are decided in the script that
+//!   changes its presence (`presence.lua`).
+//! - `events`: the event queue for the application backend, sharded
+//!   streams each delivered by the node that holds its lease.
 //! - `liveness`: the heartbeat keeps this node's liveness key, adopts a new
 //!   epoch and registers every live connection again when Redis lost its
 //!   state, sweeps dead nodes out of presence, and sends a probe through
 //!   the node's own channel so that readiness proves the channel delivers.
 
+mod events;
 mod listen;
 mod liveness;
 mod presence;
@@ -51,6 +56,8 @@ use crate::{
     Settings,
 };
 
+use events::EventState;
+pub use events::RedisEvents;
 use listen::Bounce;
 use replica::Replica;
 use route::Queued;
@@ -79,6 +86,8 @@ struct Inner {
     local: Arc<dyn Local>,
     counters: Counters,
     scripts: Scripts,
+    /// The event queue's state on this node; none when events are off.
+    events: Option<Arc<EventState>>,
     epoch: RwLock<Uuid>,
     /// Nodes whose heartbeat is older than the node TTL, as of our last
     /// heartbeat, or whose channel had no subscriber. Every other node is
@@ -169,6 +178,7 @@ impl RedisBackend {
         let (acks, acked) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             scripts: Scripts::new(),
+            events: settings.events.as_ref().map(|_| Arc::new(EventState::new())),
             epoch: RwLock::new(epoch),
             dead: RwLock::new(HashSet::new()),
             routes: DashMap::new(),
@@ -314,6 +324,10 @@ impl RedisBackend {
         Ok(closed)
     }
 
+    pub fn events(&self) -> Option<crate::EventQueue> {
+        RedisEvents::queue(self.inner.clone())
+    }
+
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         // Publishers send what they hold, then end as their queues close.
@@ -330,6 +344,7 @@ impl RedisBackend {
         if let Err(error) = inner.deregister().await {
             tracing::warn!(%error, "could not remove this node from presence; the sweeper will");
         }
+        inner.release_leases().await;
         let _ = tokio::join!(inner.subscriber.quit(), inner.client.quit());
     }
 }
@@ -361,5 +376,5 @@ fn ttl_i64(ms: u64) -> i64 {
 }
 
 fn now_ms() -> u64 {
-    crate::unix_micros() / 1000
+    crate::unix_millis()
 }

@@ -2,7 +2,9 @@
 //! change there.
 //!
 //! A logged message is one entry of the `append` script: its dedupe check,
-//! its seq and its log entry in one atomic step on the recipient's slot,
+//! its seq, its log entry and, for a recipient with no live connection
+//! while events are on, its `message.stored` event, in one atomic step on
+//! the recipient's slot,
 //! followed on the same connection by a lookup of where the recipient is,
 //! so that a message stored while its recipient connects is found by the
 //! recipient's replay or routed to its new connection. The appends of one
@@ -24,7 +26,7 @@ use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface,
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions, Value};
 use futures_util::future::try_join_all;
-use switchboard_protocol::{AcceptStatus, DeviceId, Letter, MsgId, UserId};
+use switchboard_protocol::{AcceptStatus, DeviceId, EventType, Letter, MsgId, StoredEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -44,6 +46,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 const MAX_APPENDS: usize = 128;
 
 pub(super) struct Scripts {
+    pub(super) presence: Script,
     append: Script,
     connect: Script,
     trim: Script,
@@ -52,6 +55,7 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
+            presence: Script::from_lua(include_str!("presence.lua")),
             append: Script::from_lua(include_str!("append.lua")),
             connect: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("connect.lua"))),
             trim: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("trim.lua"))),
@@ -65,6 +69,9 @@ pub(super) struct Append {
     /// The dedupe key and the record to leave there.
     dedupe: Option<(String, String)>,
     entry: Bytes,
+    /// Its `message.stored` event, queued if the recipient has no live
+    /// connection; none when events are off.
+    event: Option<StoredEvent>,
     done: oneshot::Sender<Result<Appended, BackendError>>,
 }
 
@@ -159,13 +166,13 @@ impl Inner {
         let guess = if live.is_empty() { AcceptStatus::Stored } else { AcceptStatus::Routed };
         let record = |key: String| (key, format!("{}:{}", entry.letter.msg, guess.as_str()));
         if self.settings.mode == Mode::Durable {
-            return self.append(to, entry, sent.map(record)).await;
+            return self.append(to, entry, sent.map(record), live.is_empty()).await;
         }
         if live.is_empty() {
             // Nobody live: stored, after whatever this node sent the user
             // live before has been handled, so that it does not overtake it.
             Box::pin(self.settle(to)).await;
-            let taken = self.append(to, entry, sent.map(record)).await?;
+            let taken = self.append(to, entry, sent.map(record), true).await?;
             if let Taken::Route { nodes, .. } = &taken {
                 self.replica.repair(to, nodes, self.me());
             }
@@ -196,15 +203,19 @@ impl Inner {
     }
 
     /// Logs `entry` for `to` (with the flush window's other appends), then
-    /// looks `to` up.
+    /// looks `to` up. `offline`: this node knows of no live connection of
+    /// `to`, so its `message.stored` event is likely and goes with the
+    /// append, to be queued in the script.
     async fn append(
         &self,
         to: &UserId,
         entry: &LogEntry<'_>,
         dedupe: Option<(String, String)>,
+        offline: bool,
     ) -> Result<Taken, BackendError> {
         let (done, appended) = oneshot::channel();
-        let append = Append { user: to.clone(), dedupe, entry: entry.bytes()?, done };
+        let event = offline.then(|| self.stored_event(to, entry.letter)).flatten();
+        let append = Append { user: to.clone(), dedupe, entry: entry.bytes()?, event, done };
         self.appends.lock().unwrap_or_else(|e| e.into_inner()).push(append);
         self.window.wait().await;
         // The first of the window to get here writes them all.
@@ -244,23 +255,34 @@ impl Inner {
     }
 
     async fn run_append_group(&self, group: Vec<Append>) {
-        let mut keys = Vec::with_capacity(group.len() * 3);
-        let mut args: Vec<Value> = Vec::with_capacity(group.len() * 4 + 1);
+        let mut keys = Vec::with_capacity(group.len() * 5);
+        let mut args: Vec<Value> = Vec::with_capacity(group.len() * 7 + 1);
         for append in &group {
             let (seq, log) = (self.keys.seq(&append.user), self.keys.log(&append.user));
             let (dedupe, record) = match &append.dedupe {
                 Some((key, record)) => (key.clone(), record.clone()),
                 None => (seq.clone(), String::new()),
             };
+            let (head, tail) =
+                append.event.as_ref().map_or_else(Default::default, |e| (e.head.clone(), e.tail.clone()));
             args.extend([
                 record.into(),
                 Value::Bytes(append.entry.clone()),
                 self.settings.inbox_max_len.to_string().into(),
                 self.log_expiry(&append.user).into(),
+                append.user.as_str().into(),
+                head.into(),
+                tail.into(),
             ]);
-            keys.extend([log, seq, dedupe]);
+            keys.extend([log, seq, dedupe, self.keys.user_conns(&append.user), self.event_stream(&append.user)]);
         }
         args.push(millis(DEDUPE_WINDOW).to_string().into());
+        if self.settings.events.is_some() {
+            args.push("1".into());
+            args.extend(self.dead.read().unwrap_or_else(|e| e.into_inner()).iter().map(|node| node.as_str().into()));
+        } else {
+            args.push("0".into());
+        }
         // The lookups go right after the script, on the same connection:
         // each sees presence as of after its message was stored.
         let answers = loop {
@@ -282,6 +304,18 @@ impl Inner {
         match answers {
             Ok((answers, lookups)) if answers.len() == group.len() => {
                 for ((append, answer), nodes) in group.into_iter().zip(answers).zip(lookups) {
+                    let answer = match answer {
+                        // An event is due that the script could not queue:
+                        // on Cluster, or the recipient left a moment ago.
+                        Value::Array(mut due) if due.len() == 1 => match due.pop() {
+                            Some(Value::Integer(seq)) => {
+                                self.queue_due(&append, seq).await;
+                                Value::Integer(seq)
+                            }
+                            _ => Value::Null,
+                        },
+                        answer => answer,
+                    };
                     let appended = match (answer, nodes) {
                         (Value::Integer(seq), Ok(nodes)) => {
                             Ok(Appended::Logged { seq: u64::try_from(seq).unwrap_or_default(), nodes })
@@ -299,11 +333,34 @@ impl Inner {
         }
     }
 
+    /// Queues the `message.stored` event the append script found due and
+    /// could not queue. The message is logged whatever becomes of it.
+    async fn queue_due(&self, append: &Append, seq: i64) {
+        let event = append.event.clone().or_else(|| {
+            let letter = Letter::decode(&append.entry).ok()?;
+            self.stored_event(&append.user, &letter)
+        });
+        let Some(event) = event else { return };
+        let body = event.render(u64::try_from(seq).unwrap_or_default());
+        if let Err(error) = self.queue_event(&append.user, EventType::MessageStored, &body).await {
+            self.counters.backend_errors.inc();
+            tracing::warn!(%error, "message.stored event not queued");
+        }
+    }
+
+    /// The `message.stored` event of `letter` for `to`; none when events
+    /// are off.
+    fn stored_event(&self, to: &UserId, letter: &Letter) -> Option<StoredEvent> {
+        let events = self.settings.events.as_ref()?;
+        let body = events.bodies.then_some(&letter.body);
+        Some(StoredEvent::new(Uuid::now_v7(), now_ms(), letter.msg, &letter.from, to, body))
+    }
+
     /// Logs a live-only message whose recipient was not where it was sent:
     /// no dedupe (the sender's node recorded it), routed where the
     /// recipient is now.
     pub(super) async fn store_bounced(&self, letter: &Letter, to: &UserId) -> Result<Taken, BackendError> {
-        Box::pin(self.append(to, &LogEntry { letter, bytes: OnceLock::new() }, None)).await
+        Box::pin(self.append(to, &LogEntry { letter, bytes: OnceLock::new() }, None, true)).await
     }
 
     /// The nodes holding `to`'s connections, as presence lists them.
