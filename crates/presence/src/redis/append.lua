@@ -1,7 +1,8 @@
 -- Logs messages, atomically per message: each one's dedupe check, seq and
--- log entry, and, when the recipient has no live connection, its
--- `message.stored` event. Many messages of one flush window go in one call
--- (on Redis Cluster, those whose recipients share a slot).
+-- log entry, the recipient's presence as of after it, and, when the
+-- recipient has no live connection, its `message.stored` event. Many
+-- messages of one flush window go in one call (on Redis Cluster, those
+-- whose recipients share a slot).
 --
 -- The entry id is `0-<seq>`: the seq counter is its own key, without an
 -- expiry, so seqs never repeat when a log expires.
@@ -17,8 +18,9 @@
 -- Then the dedupe ttl (ms), '1' when events are on, and the nodes taken
 -- for dead (their connections are not live).
 -- Returns, per message, the previous dedupe record (a repeated send id:
--- nothing was logged), the new seq, or {seq} when an event is due and the
--- caller queues it (it could not reach the shard, or has no event text).
+-- nothing was logged), or {seq, due, node...}: the new seq, 1 when an event
+-- is due that the caller queues (it could not reach the shard, or has no
+-- event text) else 0, and the nodes of the recipient's connections.
 local count = #KEYS / 5
 local dedupe_ttl = ARGV[7 * count + 1]
 local events_on = ARGV[7 * count + 2] == '1'
@@ -26,8 +28,8 @@ local dead = {}
 for i = 7 * count + 3, #ARGV do
   dead[ARGV[i]] = true
 end
-local function live(conns)
-  for _, node in ipairs(redis.call('HVALS', conns)) do
+local function live(nodes)
+  for _, node in ipairs(nodes) do
     if not dead[node] then
       return true
     end
@@ -60,14 +62,16 @@ for i = 1, count do
     if ttl ~= '0' then
       redis.call('PEXPIRE', log, ttl)
     end
-    answers[i] = seq
-    if events_on and not live(conns) then
+    local nodes = redis.call('HVALS', conns)
+    local due = 0
+    if events_on and not live(nodes) then
       if events == conns or head == '' then
-        answers[i] = {seq}
+        due = 1
       else
         redis.call('XADD', events, '*', 'u', user, 't', 'message.stored', 'e', head .. string.format('%d', seq) .. tail)
       end
     end
+    answers[i] = {seq, due, unpack(nodes)}
   end
 end
 return answers

@@ -235,7 +235,7 @@ impl Inner {
     }
 
     /// Runs one window's appends: one script call per slot (all of them in
-    /// one without Cluster), each followed by the lookups of its recipients.
+    /// one without Cluster), which also reads where each recipient is.
     async fn run_appends(&self, batch: Vec<Append>) {
         let mut groups: HashMap<u16, Vec<Append>> = HashMap::new();
         let clustered = self.client.is_clustered();
@@ -283,45 +283,38 @@ impl Inner {
         } else {
             args.push("0".into());
         }
-        // The lookups go right after the script, on the same connection:
-        // each sees presence as of after its message was stored.
         let answers = loop {
-            let run = Box::pin(self.client.evalsha::<Vec<Value>, _, _, _>(
+            let run = self.client.evalsha::<Vec<Value>, _, _, _>(
                 self.scripts.append.sha1().clone(),
                 keys.clone(),
                 args.clone(),
-            ));
-            let lookups = futures_util::future::join_all(group.iter().map(|append| self.nodes_of(&append.user)));
-            match tokio::join!(run, lookups) {
-                (Err(error), _) if error.details().starts_with("NOSCRIPT") => {
+            );
+            match Box::pin(run).await {
+                Err(error) if error.details().starts_with("NOSCRIPT") => {
                     if let Err(error) = Box::pin(self.scripts.append.load(&self.client)).await {
                         break Err(error.into());
                     }
                 }
-                (answers, lookups) => break answers.map(|answers| (answers, lookups)).map_err(BackendError::from),
+                answers => break answers.map_err(BackendError::from),
             }
         };
         match answers {
-            Ok((answers, lookups)) if answers.len() == group.len() => {
-                for ((append, answer), nodes) in group.into_iter().zip(answers).zip(lookups) {
-                    let answer = match answer {
-                        // An event is due that the script could not queue:
-                        // on Cluster, or the recipient left a moment ago.
-                        Value::Array(mut due) if due.len() == 1 => match due.pop() {
-                            Some(Value::Integer(seq)) => {
-                                self.queue_due(&append, seq).await;
-                                Value::Integer(seq)
+            Ok(answers) if answers.len() == group.len() => {
+                for (append, answer) in group.into_iter().zip(answers) {
+                    let appended = match answer {
+                        Value::Array(logged) => match parse_logged(logged) {
+                            Some((seq, due, nodes)) => {
+                                // An event is due that the script could not
+                                // queue: on Cluster, or the recipient left a
+                                // moment ago.
+                                if due {
+                                    self.queue_due(&append, seq).await;
+                                }
+                                Ok(Appended::Logged { seq, nodes })
                             }
-                            _ => Value::Null,
+                            None => Err(corrupt("append reply")),
                         },
-                        answer => answer,
-                    };
-                    let appended = match (answer, nodes) {
-                        (Value::Integer(seq), Ok(nodes)) => {
-                            Ok(Appended::Logged { seq: u64::try_from(seq).unwrap_or_default(), nodes })
-                        }
-                        (Value::Integer(_), Err(error)) => Err(error),
-                        (previous, _) => {
+                        previous => {
                             previous.into_string().map(Appended::Duplicate).ok_or_else(|| corrupt("append reply"))
                         }
                     };
@@ -335,13 +328,13 @@ impl Inner {
 
     /// Queues the `message.stored` event the append script found due and
     /// could not queue. The message is logged whatever becomes of it.
-    async fn queue_due(&self, append: &Append, seq: i64) {
+    async fn queue_due(&self, append: &Append, seq: u64) {
         let event = append.event.clone().or_else(|| {
             let letter = Letter::decode(&append.entry).ok()?;
             self.stored_event(&append.user, &letter)
         });
         let Some(event) = event else { return };
-        let body = event.render(u64::try_from(seq).unwrap_or_default());
+        let body = event.render(seq);
         if let Err(error) = self.queue_event(&append.user, EventType::MessageStored, &body).await {
             self.counters.backend_errors.inc();
             tracing::warn!(%error, "message.stored event not queued");
@@ -594,6 +587,16 @@ impl LogEntry<'_> {
         let bytes = Bytes::from(self.letter.encode().map_err(corrupt)?);
         Ok(self.bytes.get_or_init(|| bytes).clone())
     }
+}
+
+/// Reads the append script's answer for a logged message: its seq,
+/// whether the caller queues its event, and the recipient's nodes.
+fn parse_logged(answer: Vec<Value>) -> Option<(u64, bool, Vec<Arc<str>>)> {
+    let mut parts = answer.into_iter();
+    let seq = parts.next()?.as_u64()?;
+    let due = parts.next()?.as_u64()? == 1;
+    let nodes = parts.map(|node| node.into_string().map(Arc::from)).collect::<Option<_>>()?;
+    Some((seq, due, nodes))
 }
 
 /// Reads a dedupe record, `msg:status`.
