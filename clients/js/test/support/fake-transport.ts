@@ -3,8 +3,11 @@
 // per attempt. Also a storage in memory, which outlives the clients that
 // use it as a mini-program's storage outlives a killed app.
 
+import type { TestContext } from 'node:test';
+
 import { decode, encode } from '@msgpack/msgpack';
 
+import { type ClientOptions, SwitchboardClient } from '../../src/client.js';
 import type { ClientFrame, ServerFrame } from '../../src/protocol.js';
 import type { ConnectRequest, Transport, TransportEvents, TransportFactory } from '../../src/transports.js';
 
@@ -130,4 +133,24 @@ export class MemoryStorage {
     const text = this.items.get(key);
     return text === undefined ? undefined : JSON.parse(text);
   }
+}
+
+/** Alice's client (device `d1`, no storage, no app lifecycle) over `server`, closed after the test. */
+export function fakeClient(t: TestContext, server: FakeServer, options: Partial<ClientOptions> = {}): SwitchboardClient {
+  const client = new SwitchboardClient({
+    url: 'ws://n1/ws',
+    user: 'alice',
+    device: 'd1',
+    storage: null,
+    app: null,
+    transport: server.transport,
+    ...options,
+  });
+  t.after(() => client.close());
+  return client;
+}
+
+/** Lets pending promise callbacks run. */
+export function settle(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }

@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
 
-import { type ClientOptions, type Disconnect, SwitchboardClient } from '../../src/client.js';
+import type { ClientOptions, Disconnect } from '../../src/client.js';
 import type { Accepted, Message } from '../../src/protocol.js';
-import { FakeServer } from '../support/fake-transport.js';
+import { FakeServer, fakeClient, settle } from '../support/fake-transport.js';
 
 const MSG_1 = '01900000-0000-7000-8000-000000000101';
 const MSG_2 = '01900000-0000-7000-8000-000000000102';
@@ -18,24 +18,10 @@ function setup(t: TestContext, options: Partial<ClientOptions> = {}, random = 1)
   t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
   t.mock.method(Math, 'random', () => random);
   const server = new FakeServer();
-  const client = new SwitchboardClient({
-    url: 'ws://n1/ws',
-    user: 'alice',
-    device: 'd1',
-    storage: null,
-    app: null,
-    transport: server.transport,
-    ...options,
-  });
+  const client = fakeClient(t, server, options);
   const disconnects: Disconnect[] = [];
   client.on('disconnect', (event) => disconnects.push(event));
-  t.after(() => client.close());
   return { server, client, disconnects, tick: (ms: number) => t.mock.timers.tick(ms) };
-}
-
-/** Lets pending promise callbacks run. */
-function settle(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function accepted(id: string, msg: string, status: Accepted['status'] = 'routed'): Accepted {

@@ -7,10 +7,10 @@
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
 
-import { type ClientOptions, type Disconnect, SwitchboardClient, TYPING_BODY } from '../../src/client.js';
+import { type ClientOptions, type Disconnect, TYPING_BODY } from '../../src/client.js';
 import type { Accepted, Message } from '../../src/protocol.js';
 import type { AppLifecycle } from '../../src/transports.js';
-import { FakeServer, MemoryStorage } from '../support/fake-transport.js';
+import { FakeServer, MemoryStorage, fakeClient, settle } from '../support/fake-transport.js';
 
 const EPOCH = '01900000-0000-7000-8000-0000000000e1';
 const NOW = 1_700_000_000_000;
@@ -20,30 +20,12 @@ function setup(t: TestContext, options: Partial<ClientOptions> = {}) {
   t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: NOW });
   t.mock.method(Math, 'random', () => 1);
   const server = new FakeServer();
-  const client = make(t, server, options);
+  const client = fakeClient(t, server, options);
   const disconnects: Disconnect[] = [];
   client.on('disconnect', (event) => disconnects.push(event));
   return { server, client, disconnects, tick: (ms: number) => t.mock.timers.tick(ms) };
 }
 
-function make(t: TestContext, server: FakeServer, options: Partial<ClientOptions> = {}): SwitchboardClient {
-  const client = new SwitchboardClient({
-    url: 'ws://n1/ws',
-    user: 'alice',
-    device: 'd1',
-    storage: null,
-    app: null,
-    transport: server.transport,
-    ...options,
-  });
-  t.after(() => client.close());
-  return client;
-}
-
-/** Lets pending promise callbacks run. */
-function settle(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
 
 /** The logged message with `seq` for alice. */
 function logged(seq: number, body: Message['body'] = `m${seq}`): Message {
@@ -82,12 +64,12 @@ test('the device id is made once, kept in storage and sent as ?device=; a given 
   assert.equal(storage.getItem('switchboard.device'), client.device);
   client.connect();
   assert.equal(server.last.request.url, `ws://n1/ws?user=alice&device=${client.device}`);
-  const again = make(t, server, { device: undefined, storage });
+  const again = fakeClient(t, server, { device: undefined, storage });
   assert.equal(again.device, client.device, 'the next client (an app started again) is the same device');
   assert.deepEqual(storage.writes, ['switchboard.device'], 'written once');
-  assert.equal(make(t, server, { device: 'laptop', storage }).device, 'laptop');
-  assert.notEqual(make(t, server, { device: undefined, storage: null }).device, client.device);
-  assert.throws(() => make(t, server, { device: 'no spaces' }), /device: invalid device id/);
+  assert.equal(fakeClient(t, server, { device: 'laptop', storage }).device, 'laptop');
+  assert.notEqual(fakeClient(t, server, { device: undefined, storage: null }).device, client.device);
+  assert.throws(() => fakeClient(t, server, { device: 'no spaces' }), /device: invalid device id/);
 });
 
 test('one cumulative ack per burst: the replay and live messages after it, whatever their number', (t) => {
@@ -151,7 +133,7 @@ test('a new client on the same storage drops what its predecessor acked, even wh
   tick(100);
   assert.deepEqual(server.last.writtenOf('ack'), [{ type: 'ack', seq: 2 }]);
   // The page is reloaded; the ack was lost on the way, so the node replays 1 and 2.
-  const next = make(t, server, { storage });
+  const next = fakeClient(t, server, { storage });
   const shown: number[] = [];
   next.on('message', (message) => shown.push(message.seq ?? -1));
   next.connect();
@@ -242,7 +224,7 @@ test('since: the first connection and resync() ask for the log after a seq, and 
   tick(1000);
   assert.equal(server.last.request.url, 'ws://n1/ws?user=alice&device=d1');
   await assert.rejects(client.resync(-1), { code: 'bad_frame' });
-  assert.throws(() => make(t, server, { since: 1.5 }), /since: not a whole number/);
+  assert.throws(() => fakeClient(t, server, { since: 1.5 }), /since: not a whole number/);
 });
 
 test('a new epoch starts the seqs again', (t) => {
@@ -349,7 +331,7 @@ test('the outbox survives a kill: the next client on the storage resends what wa
     { user: 'alice', id: 'c-3', to: 'carol', body: 'three' },
   ]);
   // Killed: no close(), nothing more from this client.
-  const next = make(t, server, { storage });
+  const next = fakeClient(t, server, { storage });
   const answers: Accepted[] = [];
   next.on('accepted', (answer) => answers.push(answer));
   const fresh = next.send('dave', 'four', { id: 'c-4' });
@@ -505,7 +487,7 @@ test('refresh: a short token is refreshed at two thirds of its life; a static to
   tick(1);
   await settle();
   assert.deepEqual(server.last.writtenOf('refresh'), [{ type: 'refresh', token: 'token-2' }]);
-  const fixed = make(t, server, { user: undefined, token: 'static' });
+  const fixed = fakeClient(t, server, { user: undefined, token: 'static' });
   fixed.connect();
   server.last.welcome({ exp: NOW / 1000 + 3 });
   tick(10_000);
@@ -616,7 +598,7 @@ test('storage is best effort: one that throws costs nothing but what it would ke
   garbage.setItem('switchboard.outbox', JSON.stringify([null, { id: 7 }, { id: 'c-2', to: 'bob', body: 'ok', user: 'alice' }, 'x']));
   garbage.setItem('switchboard.seqs', '{"epoch":"e","seqs":null}');
   garbage.setItem('switchboard.device', 'not a device id!');
-  const next = make(t, server, { storage: garbage, device: undefined });
+  const next = fakeClient(t, server, { storage: garbage, device: undefined });
   assert.match(next.device, /^d-[a-z0-9]{20}$/);
   next.connect();
   server.last.welcome();
