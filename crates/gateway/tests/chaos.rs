@@ -744,7 +744,30 @@ async fn one_of_each_fault_loses_nothing_accepted() {
 
     chaos.latency(&all, Duration::from_millis(200), Duration::from_secs(3)).await;
     chaos.until_everyone_sends().await;
-    chaos.blackhole(0, BLACKHOLE_FOR).await;
+    // A send on the blackholed node, made while the blackhole holds, to a
+    // user outside the world, is answered: accepted once the Redis client
+    // gave up on the dead connection and opened a new one, or refused as
+    // internal when the command timed out first; never left hanging.
+    let url = chaos.slots[0].node.as_ref().unwrap().ws_url();
+    let mut probe = Client::connect(&url, "probe").await;
+    let (_, answer) = tokio::join!(biased; chaos.blackhole(0, BLACKHOLE_FOR), async {
+        probe.send(&ClientFrame::Send {
+            id: ClientMsgId::parse("probe-1").unwrap(),
+            to: To::One(UserId::parse("probe-sink").unwrap()),
+            body: Body::null(),
+            ephemeral: false,
+        })
+        .await;
+        probe.recv().await
+    });
+    match answer {
+        ServerFrame::Accepted { id, status: AcceptStatus::Stored, .. } => assert_eq!(id.as_str(), "probe-1"),
+        ServerFrame::Error { id: Some(id), code: switchboard_protocol::ErrorCode::Internal, .. } => {
+            assert_eq!(id.as_str(), "probe-1");
+        }
+        other => panic!("a send during the blackhole: {other:?}"),
+    }
+    drop(probe);
     chaos.until_everyone_sends().await;
     chaos.cut(&all, Duration::ZERO).await;
     chaos.until_everyone_sends().await;
@@ -756,7 +779,6 @@ async fn one_of_each_fault_loses_nothing_accepted() {
     assert_nothing_accepted_lost(&summary);
     assert!(summary.accepted >= 200, "traffic flowed: {summary:?}");
     let tally = &summary.tally;
-    assert!(tally.errors.get("internal").is_some_and(|n| *n > 0), "the blackhole timed out backend calls: {tally:?}");
     assert!(tally.disconnects >= 2, "the kill dropped the connections of its devices: {tally:?}");
 }
 

@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fred::bytes::Bytes;
+use fred::error::ErrorKind;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface, StreamsInterface};
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions, Value};
@@ -30,7 +31,7 @@ use switchboard_protocol::{AcceptStatus, DeviceId, EventType, Letter, MsgId, Sto
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Inner, millis, now_ms};
+use super::{COMMAND_TIMEOUT, Inner, millis, now_ms};
 use crate::cursor::Cursor;
 use crate::{
     Accepted, Arrival, BackendError, Connected, Connecting, DEDUPE_WINDOW, DeviceAck, Mode, Outgoing, expired,
@@ -289,7 +290,12 @@ impl Inner {
                 keys.clone(),
                 args.clone(),
             );
-            match Box::pin(run).await {
+            // Bounded here too: a send is answered within the command
+            // timeout even when the client retries the call on a new
+            // connection (a resend with the same id is deduped).
+            let run = tokio::time::timeout(COMMAND_TIMEOUT, Box::pin(run));
+            let answered = run.await.unwrap_or_else(|_| Err(fred::error::Error::new(ErrorKind::Timeout, "append")));
+            match answered {
                 Err(error) if error.details().starts_with("NOSCRIPT") => {
                     if let Err(error) = Box::pin(self.scripts.append.load(&self.client)).await {
                         break Err(error.into());
