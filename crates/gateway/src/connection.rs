@@ -139,8 +139,6 @@ struct Connection<S> {
     /// Written and not yet acked: for the ack and its receipt, and to skip
     /// a message that arrives twice (live and by replay).
     unacked: BTreeMap<MsgId, Acked>,
-    /// When the token expires, on this process's clock.
-    expires_at: Option<Instant>,
 }
 
 impl<S> Connection<S>
@@ -150,7 +148,6 @@ where
     fn new(node: Arc<Node>, session: Session, ws: S, inbox: Inbox) -> Self {
         let now = Instant::now();
         let limit = RateLimit::new(node.config.rate_limit, node.config.rate_limit_burst, now);
-        let expires_at = session.exp.map(instant_of);
         Self {
             node,
             session,
@@ -163,7 +160,6 @@ where
             highest: 0,
             trim_asked: 0,
             unacked: BTreeMap::new(),
-            expires_at,
         }
     }
 
@@ -256,7 +252,7 @@ where
         // frame. A refresh moves the expiry later, which the next turn of
         // the timer finds.
         let quarter = heartbeat / 4;
-        let timer = sleep_until(earliest(Instant::now() + quarter, [self.expires_at]));
+        let timer = sleep_until(earliest(Instant::now() + quarter, [self.session.exp.map(instant_of)]));
         let mut pinged = Instant::now();
         let mut close_at: Option<Instant> = None;
         // The futures that outlive one turn of the loop are created once.
@@ -278,10 +274,10 @@ where
                 }
                 () = &mut timer => {
                     let now = Instant::now();
-                    timer.as_mut().reset(earliest(now + quarter, [close_at, self.expires_at]));
+                    timer.as_mut().reset(earliest(now + quarter, [close_at, self.session.exp.map(instant_of)]));
                     if close_at.is_some_and(|at| now >= at) {
                         Err(End::Draining)
-                    } else if self.expires_at.is_some_and(|at| now >= at) {
+                    } else if self.session.exp.is_some_and(expired) {
                         Err(End::Expired)
                     } else if now >= self.last_heard + idle_after {
                         Err(End::Idle)
@@ -509,7 +505,6 @@ where
             Ok(identity) => match (identity.exp, self.session.exp) {
                 (Some(exp), Some(old)) if exp > old => {
                     self.session.exp = Some(exp);
-                    self.expires_at = Some(instant_of(exp));
                     return self.write(&ServerFrame::Refreshed { exp });
                 }
                 (Some(_), Some(_)) => "the token does not expire later than the current one".to_owned(),
@@ -688,6 +683,11 @@ impl From<Stop> for End {
 /// The earliest of `first` and the deadlines that are set.
 fn earliest<const N: usize>(first: Instant, others: [Option<Instant>; N]) -> Instant {
     others.into_iter().flatten().fold(first, Instant::min)
+}
+
+/// Whether the Unix time `unix_s` (seconds) has passed.
+fn expired(unix_s: u64) -> bool {
+    unix_micros() >= unix_s.saturating_mul(1_000_000)
 }
 
 /// A Unix time in seconds as an instant on this process's clock.
