@@ -28,24 +28,6 @@ async fn nodes(url: &str, count: usize, extra: &[&str]) -> Vec<NodeProcess> {
     nodes
 }
 
-async fn online(client: &mut Client, users: &[&str]) -> Vec<bool> {
-    client.send(&ClientFrame::Presence { users: users.iter().map(|u| UserId::parse(u).unwrap()).collect() }).await;
-    match client.recv().await {
-        ServerFrame::Presence { online } => users.iter().map(|u| online[&UserId::parse(u).unwrap()]).collect(),
-        other => panic!("expected presence, got {other:?}"),
-    }
-}
-
-/// Asks `client`'s node until `user`'s presence is `online`.
-async fn until_online(client: &mut Client, user: &str, online_now: bool) {
-    within(&format!("{user} to be online: {online_now}"), async {
-        while online(client, &[user]).await != [online_now] {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
 async fn expect_receipt(client: &mut Client, id: &str, msg: MsgId) {
     match client.recv().await {
         ServerFrame::Receipt(receipt) => assert_eq!((receipt.id.as_str(), receipt.msg), (id, msg)),
@@ -79,7 +61,7 @@ async fn cross_node_messages_receipts_and_presence(url: &str) {
     expect_receipt(&mut alice, "a-2", msg).await;
 
     let mut carol = Client::connect(&nodes[1].ws_url(), "carol").await;
-    assert_eq!(online(&mut carol, &["alice", "bob", "dave"]).await, [true, true, false]);
+    assert_eq!(carol.online(&["alice", "bob", "dave"]).await, [true, true, false]);
 }
 
 async fn offline_messages_wait_for_any_node(url: &str) {
@@ -160,7 +142,7 @@ async fn bob_back_from_the_dead(redis: &RedisServer) -> (Vec<NodeProcess>, Clien
     let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
     let mut bob = Client::connect(&nodes[1].ws_url(), "bob").await;
     nodes[1].pause().await;
-    until_online(&mut alice, "bob", false).await;
+    alice.until_online("bob", false).await;
     let (meanwhile, status) = alice.send_message("m-0", "bob", json!("while you slept")).await;
     assert_eq!(status, AcceptStatus::Stored);
     nodes[1].resume().await;
@@ -175,7 +157,7 @@ async fn bob_back_from_the_dead(redis: &RedisServer) -> (Vec<NodeProcess>, Clien
 async fn a_node_presumed_dead_comes_back_whole() {
     let redis = RedisServer::start().await;
     let (_nodes, mut alice, mut bob) = bob_back_from_the_dead(&redis).await;
-    until_online(&mut alice, "bob", true).await;
+    alice.until_online("bob", true).await;
     let (msg, status) = alice.send_message("m-1", "bob", json!("awake")).await;
     assert_eq!(status, AcceptStatus::Routed);
     assert_eq!(bob.recv_message().await.msg, msg);
@@ -217,7 +199,7 @@ async fn a_node_restarted_under_its_id_drops_its_old_entries() {
     })
     .await;
     assert_eq!(redis.cli(&["hlen", "sb:u:{bob}:conns"]).await, "0");
-    assert_eq!(online(&mut alice, &["bob"]).await, [false]);
+    assert_eq!(alice.online(&["bob"]).await, [false]);
     let (_, status) = alice.send_message("a-1", "bob", json!(1)).await;
     assert_eq!(status, AcceptStatus::Stored);
     drop(restarted);

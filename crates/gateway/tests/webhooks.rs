@@ -9,10 +9,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard_protocol::{AcceptStatus, ClientFrame, ServerFrame, UserId};
-use switchboard_testkit::{
-    Client, NodeProcess, RedisCluster, RedisServer, WebhookReceiver, eventually, get, scrape, within,
-};
+use switchboard_protocol::AcceptStatus;
+use switchboard_testkit::{Client, NodeProcess, RedisCluster, RedisServer, WebhookReceiver, eventually, get, scrape};
 
 const NODE_TTL: Duration = Duration::from_secs(2);
 
@@ -48,21 +46,6 @@ fn kinds(events: &[Value], user: &str) -> Vec<String> {
     about(events, user).iter().map(|event| event["type"].as_str().unwrap().to_owned()).collect()
 }
 
-/// Asks `client`'s node until `user`'s presence is `online`.
-async fn until_online(client: &mut Client, user: &str, online: bool) {
-    within(&format!("{user} to be online: {online}"), async {
-        loop {
-            client.send(&ClientFrame::Presence { users: vec![UserId::parse(user).unwrap()] }).await;
-            match client.recv().await {
-                ServerFrame::Presence { online: answer } if answer[&UserId::parse(user).unwrap()] == online => return,
-                ServerFrame::Presence { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
-                other => panic!("expected presence, got {other:?}"),
-            }
-        }
-    })
-    .await;
-}
-
 fn assert_event(event: &Value, kind: &str, fields: &[(&str, Value)]) {
     assert_eq!(event["type"], json!(kind), "{event}");
     let id = uuid::Uuid::parse_str(event["id"].as_str().unwrap()).unwrap();
@@ -82,7 +65,7 @@ async fn one_online_and_one_offline_across_nodes(url: &str) {
     let laptop = Client::connect(&nodes[1].ws_url(), "bob").await;
     drop(phone);
     let mut watcher = Client::connect(&nodes[1].ws_url(), "watcher").await;
-    until_online(&mut watcher, "bob", true).await;
+    watcher.until_online("bob", true).await;
     drop(laptop);
     let events = receiver.wait_for("bob offline", |events| kinds(events, "bob").len() >= 2).await;
     // A second online, had there been one, would have come before this.
@@ -129,7 +112,7 @@ async fn stored_events_for_offline_recipients(url: &str, extra: &[&str]) {
     let got = dave.recv_message().await;
     assert_eq!(got.msg, live);
     drop(dave);
-    until_online(&mut alice, "dave", false).await;
+    alice.until_online("dave", false).await;
     let (stored, status) = alice.send_message("a-2", "dave", json!({"text": "later"})).await;
     // In fast mode the sender's node may not have heard yet that dave left
     // and route it to dave's old node, which logs it.
@@ -179,9 +162,9 @@ async fn churn(nodes: &[NodeProcess], sender: &mut Client, users: &[String], rou
     for round in 0..rounds {
         for (i, user) in users.iter().enumerate() {
             let client = Client::connect(&nodes[(i + round) % nodes.len()].ws_url(), user).await;
-            until_online(sender, user, true).await;
+            sender.until_online(user, true).await;
             drop(client);
-            until_online(sender, user, false).await;
+            sender.until_online(user, false).await;
             let (_, status) = sender.send_message(&format!("{user}-{round}"), user, json!(round)).await;
             assert_eq!(status, AcceptStatus::Stored);
         }

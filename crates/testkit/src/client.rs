@@ -247,6 +247,26 @@ impl Client {
         self.ws.send(message).await.is_ok()
     }
 
+    /// Who of `users` is online, by a presence query.
+    pub async fn online(&mut self, users: &[&str]) -> Vec<bool> {
+        self.send(&ClientFrame::Presence { users: users.iter().map(|u| UserId::parse(u).unwrap()).collect() }).await;
+        match self.recv().await {
+            ServerFrame::Presence { online } => users.iter().map(|u| online[&UserId::parse(u).unwrap()]).collect(),
+            other => panic!("expected presence, got {other:?}"),
+        }
+    }
+
+    /// Asks until `user`'s presence is `online`: presence is a state that
+    /// changes on other nodes, with no event here to wait on.
+    pub async fn until_online(&mut self, user: &str, online: bool) {
+        within(&format!("{user} to be online: {online}"), async {
+            while self.online(&[user]).await != [online] {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
     /// The next `message` frame.
     pub async fn recv_message(&mut self) -> Arc<Delivery> {
         match self.recv().await {
