@@ -85,21 +85,32 @@ async fn one_send_to_many(nodes: &[NodeProcess], online: usize, offline: usize) 
     for client in &mut clients {
         client.ack_up_to(1).await;
     }
+    a_receipt_per_recipient(&mut alice, "g-1", msg, &users).await;
+    resent_to_nobody(&mut alice, "g-1", &users, msg, &mut clients).await;
+}
+
+/// `alice` gets one receipt of `msg` (sent as `id`) naming each of `users`.
+async fn a_receipt_per_recipient(alice: &mut Client, id: &str, msg: MsgId, users: &[String]) {
     let mut receipted = HashSet::new();
     for _ in 0..users.len() {
         match alice.recv().await {
             ServerFrame::Receipt(receipt) => {
-                assert_eq!((receipt.id.as_str(), receipt.msg), ("g-1", msg));
+                assert_eq!((receipt.id.as_str(), receipt.msg), (id, msg));
                 assert!(receipted.insert(receipt.user.clone().unwrap().as_str().to_owned()));
             }
             other => panic!("expected a receipt, got {other:?}"),
         }
     }
     assert_eq!(receipted, users.iter().cloned().collect::<HashSet<_>>());
-    // Resent with the same id: the original answer, sent to nobody again.
-    let again = alice.send_to_many("g-1", &to, json!({"text": "all"})).await;
+}
+
+/// Resent with the same id: the original answer, sent to none of the
+/// recipients' `clients` again.
+async fn resent_to_nobody(alice: &mut Client, id: &str, users: &[String], msg: MsgId, clients: &mut [Client]) {
+    let to: Vec<&str> = users.iter().map(String::as_str).collect();
+    let again = alice.send_to_many(id, &to, json!("again")).await;
     assert_eq!((again.0, again.2.len()), (msg, users.len()));
-    for client in &mut clients {
+    for client in clients {
         client.send(&ClientFrame::Ping).await;
         assert_eq!(client.recv().await, ServerFrame::Pong);
     }
@@ -110,6 +121,39 @@ async fn a_send_to_200_users_over_three_nodes_is_one_envelope_per_node() {
     let redis = RedisServer::start().await;
     let nodes = redis_nodes(&redis, 3, &["--max-recipients", "200"]).await;
     one_send_to_many(&nodes, 150, 50).await;
+}
+
+/// In fast mode, the dedupe records of a send to 100 live users are one
+/// script call, not a command each; each recipient's ack still sends its
+/// receipt once.
+#[tokio::test]
+async fn a_fast_send_to_100_live_users_is_one_script_call() {
+    let redis = RedisServer::start().await;
+    let nodes = redis_nodes(&redis, 2, &["--delivery", "fast"]).await;
+    let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        clients.push(Client::connect(&nodes[i % 2].ws_url(), user).await);
+    }
+    let mut alice = Client::connect(&nodes[0].ws_url(), "alice").await;
+    let (sets, scripts) = (redis.command_calls("set").await, redis.command_calls("evalsha").await);
+    let to: Vec<&str> = users.iter().map(String::as_str).collect();
+    let (msg, status, recipients) = alice.send_to_many("f-1", &to, json!("hi")).await;
+    // One script call for the window (two if the window closed while the
+    // send was taken), running the hundred records' `SET`s (commandstats
+    // counts a script's commands too).
+    let scripts = redis.command_calls("evalsha").await - scripts;
+    let sets = redis.command_calls("set").await - sets;
+    assert!((1..=2).contains(&scripts) && sets >= 100, "{scripts} script calls, {sets} SET calls");
+    assert_eq!((status, recipients.len()), (AcceptStatus::Routed, 100));
+    assert!(recipients.values().all(|status| *status == AcceptStatus::Routed), "{recipients:?}");
+    for (client, user) in clients.iter_mut().zip(&users) {
+        let got = client.recv_message().await;
+        assert_eq!((got.msg, got.to.as_str(), got.seq), (msg, user.as_str(), None));
+        client.ack(got.msg).await;
+    }
+    a_receipt_per_recipient(&mut alice, "f-1", msg, &users).await;
+    resent_to_nobody(&mut alice, "f-1", &users, msg, &mut clients).await;
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ pub use keys::{KeyDir, TestKey, jwks};
 pub use metrics::{Scrape, scrape};
 pub use node::{NodeProcess, switchboard_bin};
 pub use proxy::ChaosProxy;
-pub use redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE};
+pub use redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE, command_calls};
 pub use webhook::{WEBHOOK_SECRET, WebhookReceiver};
 
 use std::time::Duration;

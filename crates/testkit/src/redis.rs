@@ -109,6 +109,11 @@ impl RedisServer {
         cli(self.port, args).await
     }
 
+    /// How many calls of `command` (lower case) succeeded so far.
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        command_calls(&self.cli(&["INFO", "commandstats"]).await, command)
+    }
+
     /// Sends `commands` (each a list of binary arguments) pipelined over one
     /// connection, as fast as Redis takes them; the integer replies, in order
     /// (-1 for a reply that is not an integer).
@@ -689,4 +694,16 @@ async fn answers_pong(child: &mut Child, port: u16, what: &str) -> Result<(), St
         }
     })
     .await
+}
+
+/// How many calls of `command` (lower case) succeeded, by the text of
+/// `INFO commandstats`: its calls less its failed ones (a first `EVALSHA`
+/// answered `NOSCRIPT` is one).
+pub fn command_calls(commandstats: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = commandstats.lines().find_map(|line| line.strip_prefix(&prefix)) else { return 0 };
+    let stat = |name: &str| -> u64 {
+        line.split(',').find_map(|part| part.strip_prefix(name)).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    stat("calls=") - stat("failed_calls=")
 }

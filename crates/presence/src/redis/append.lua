@@ -1,8 +1,9 @@
 -- Logs messages, atomically per message: each one's dedupe check, seq and
 -- log entry, the recipient's presence as of after it, and, when the
--- recipient has no live connection, its `message.stored` event. Many
--- messages of one flush window go in one call (on Redis Cluster, those
--- whose recipients share a slot).
+-- recipient has no live connection, its `message.stored` event. A message
+-- without a letter is a dedupe record alone (a live-only message routed by
+-- the sender's replica). Many messages of one flush window go in one call
+-- (on Redis Cluster, those whose recipients share a slot).
 --
 -- The entry id is `0-<seq>`: the seq counter is its own key, without an
 -- expiry, so seqs never repeat when a log expires.
@@ -11,14 +12,15 @@
 --   seq counter again when the message has none), presence hash, event
 --   shard stream (the presence hash again when the shard is in another
 --   slot: the caller queues the event);
--- ARGV[7i-6..7i]: dedupe record ('' for none), letter (MessagePack), max
---   len, log ttl ms ('0': keep the expiry as it is), recipient, event text
+-- ARGV[7i-6..7i]: dedupe record ('' for none), letter (MessagePack; ''
+--   for a dedupe record alone), max len, log ttl ms ('0': keep the expiry as it is), recipient, event text
 --   before the seq, event text after the seq ('' when the caller took the
 --   recipient for live and did not build the event).
 -- Then the dedupe ttl (ms), '1' when events are on, and the nodes taken
 -- for dead (their connections are not live).
 -- Returns, per message, the previous dedupe record (a repeated send id:
--- nothing was logged), or {seq, due, node...}: the new seq, 1 when an event
+-- nothing was logged), 0 for a new dedupe record alone, or {seq, due,
+-- node...}: the new seq, 1 when an event
 -- is due that the caller queues (it could not reach the shard, or has no
 -- event text) else 0, and the nodes of the recipient's connections.
 local count = #KEYS / 5
@@ -48,6 +50,8 @@ for i = 1, count do
   end
   if previous then
     answers[i] = previous
+  elseif letter == '' then
+    answers[i] = 0
   else
     local seq = redis.call('INCR', counter)
     local added = redis.pcall('XADD', log, 'MAXLEN', '~', max_len, '0-' .. seq, 'm', letter)

@@ -5,16 +5,19 @@
 //! its seq, its log entry and, for a recipient with no live connection
 //! while events are on, its `message.stored` event, in one atomic step on
 //! the recipient's slot,
-//! followed on the same connection by a lookup of where the recipient is,
+//! followed in the same step by a lookup of where the recipient is,
 //! so that a message stored while its recipient connects is found by the
 //! recipient's replay or routed to its new connection. The appends of one
-//! flush window go in one script call (per slot on Redis Cluster), which
-//! the client writes in one go. A fast-mode message to a live recipient
-//! costs one plain `SET NX GET` (the dedupe record).
+//! flush window go in one script call (per slot on Redis Cluster). A
+//! fast-mode message to a live recipient costs its dedupe record alone: a
+//! plain `SET NX GET`, or, for a send to many users, a line of the
+//! window's script call, so that a hundred recipients are one command, not
+//! a hundred.
 //!
-//! An ack is plain commands: the device's cursor, a claim on the dedupe
-//! record of each message whose sender waits for a receipt (the first
-//! claim sends it), and from time to time a trim of the log.
+//! The acks of one window are one script call too (per slot): each device's
+//! cursor and a claim on the dedupe record of each message whose sender
+//! waits for a receipt (the first claim sends it); from time to time a trim
+//! of the log follows.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -49,6 +52,7 @@ const MAX_APPENDS: usize = 128;
 pub(super) struct Scripts {
     pub(super) presence: Script,
     append: Script,
+    ack: Script,
     connect: Script,
     trim: Script,
 }
@@ -58,28 +62,33 @@ impl Scripts {
         Self {
             presence: Script::from_lua(include_str!("presence.lua")),
             append: Script::from_lua(include_str!("append.lua")),
+            ack: Script::from_lua(include_str!("ack.lua")),
             connect: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("connect.lua"))),
             trim: Script::from_lua(concat!(include_str!("cursors.lua"), include_str!("trim.lua"))),
         }
     }
 }
 
-/// An append waiting for its flush window.
+/// A write waiting for its flush window: a log entry, its dedupe record,
+/// or both.
 pub(super) struct Append {
     user: UserId,
     /// The dedupe key and the record to leave there.
     dedupe: Option<(String, String)>,
-    entry: Bytes,
+    /// None for a dedupe record alone.
+    entry: Option<Bytes>,
     /// Its `message.stored` event, queued if the recipient has no live
     /// connection; none when events are off.
     event: Option<StoredEvent>,
     done: oneshot::Sender<Result<Appended, BackendError>>,
 }
 
-/// What the script did with one append, and where its recipient is.
+/// What the script did with one write, and where its recipient is.
 enum Appended {
     /// A repeated send id: nothing was logged.
     Duplicate(String),
+    /// A new dedupe record, with no entry to log.
+    Recorded,
     Logged {
         seq: u64,
         nodes: Vec<Arc<str>>,
@@ -103,7 +112,6 @@ impl Inner {
         // Encoded once for every recipient it is logged for, if any.
         let entry = LogEntry { letter: &letter, bytes: OnceLock::new() };
         let users = outgoing.to.users();
-        self.window.wait().await;
         let taken = match users {
             [to] => vec![self.take(&outgoing, to, &entry).await?],
             _ => try_join_all(users.iter().map(|to| self.take(&outgoing, to, &entry))).await?,
@@ -179,17 +187,34 @@ impl Inner {
             }
             return Ok(taken);
         }
-        if let Some((key, record)) = sent.map(record) {
-            let expiry = Some(Expiration::PX(super::ttl_i64(millis(DEDUPE_WINDOW))));
-            self.window.wait().await;
-            let previous: Option<String> =
-                Box::pin(self.client.set(key, record, expiry, Some(SetOptions::NX), true)).await?;
-            if let Some(previous) = previous {
-                return parse_record(&previous);
-            }
+        if let Some(dedupe) = sent.map(record)
+            && let Some(previous) = self.record(to, dedupe, outgoing.to.users().len() > 1).await?
+        {
+            return parse_record(&previous);
         }
         self.sent_live(to, &live);
         Ok(Taken::Route { seq: None, nodes: live })
+    }
+
+    /// Leaves a dedupe record unless there is one: the previous record if
+    /// so. A plain `SET NX GET` costs Redis less than a line of a script;
+    /// the records of a send to many users (`listed`) go with the window's
+    /// script call instead of one command each.
+    async fn record(
+        &self,
+        to: &UserId,
+        (key, record): (String, String),
+        listed: bool,
+    ) -> Result<Option<String>, BackendError> {
+        if listed {
+            return match Box::pin(self.write(to, Some((key, record)), None, None)).await? {
+                Appended::Duplicate(previous) => Ok(Some(previous)),
+                _ => Ok(None),
+            };
+        }
+        let expiry = Some(Expiration::PX(super::ttl_i64(millis(DEDUPE_WINDOW))));
+        self.window.wait().await;
+        Ok(Box::pin(self.client.set(key, record, expiry, Some(SetOptions::NX), true)).await?)
     }
 
     /// Where `to`'s connections are, by this node's hub and its replica,
@@ -214,9 +239,28 @@ impl Inner {
         dedupe: Option<(String, String)>,
         offline: bool,
     ) -> Result<Taken, BackendError> {
-        let (done, appended) = oneshot::channel();
         let event = offline.then(|| self.stored_event(to, entry.letter)).flatten();
-        let append = Append { user: to.clone(), dedupe, entry: entry.bytes()?, event, done };
+        match self.write(to, dedupe, Some(entry.bytes()?), event).await? {
+            Appended::Duplicate(previous) => parse_record(&previous),
+            Appended::Logged { seq, nodes } => {
+                self.counters.inbox_stored.inc();
+                Ok(Taken::Route { seq: Some(seq), nodes })
+            }
+            Appended::Recorded => Err(corrupt("append reply")),
+        }
+    }
+
+    /// Queues a write for the flush window and waits for the script's
+    /// answer to it.
+    async fn write(
+        &self,
+        to: &UserId,
+        dedupe: Option<(String, String)>,
+        entry: Option<Bytes>,
+        event: Option<StoredEvent>,
+    ) -> Result<Appended, BackendError> {
+        let (done, appended) = oneshot::channel();
+        let append = Append { user: to.clone(), dedupe, entry, event, done };
         self.appends.lock().unwrap_or_else(|e| e.into_inner()).push(append);
         self.window.wait().await;
         // The first of the window to get here writes them all.
@@ -224,35 +268,37 @@ impl Inner {
         if !batch.is_empty() {
             Box::pin(self.run_appends(batch)).await;
         }
-        match appended.await {
-            Ok(Ok(Appended::Duplicate(previous))) => parse_record(&previous),
-            Ok(Ok(Appended::Logged { seq, nodes })) => {
-                self.counters.inbox_stored.inc();
-                Ok(Taken::Route { seq: Some(seq), nodes })
-            }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(corrupt("append dropped")),
-        }
+        appended.await.unwrap_or_else(|_| Err(corrupt("append dropped")))
     }
 
     /// Runs one window's appends: one script call per slot (all of them in
     /// one without Cluster), which also reads where each recipient is.
     async fn run_appends(&self, batch: Vec<Append>) {
-        let mut groups: HashMap<u16, Vec<Append>> = HashMap::new();
+        let groups = self.by_slot(batch, |append| &append.user);
+        futures_util::future::join_all(groups.into_iter().map(|group| self.run_append_group(group))).await;
+    }
+
+    /// Splits a window's writes into those for one script call each: by
+    /// the slot of their users (all in one without Cluster), at most
+    /// `MAX_APPENDS` in one.
+    fn by_slot<T>(&self, items: Vec<T>, user: impl Fn(&T) -> &UserId) -> Vec<Vec<T>> {
+        let mut groups: HashMap<u16, Vec<T>> = HashMap::new();
         let clustered = self.client.is_clustered();
-        for append in batch {
-            let slot = if clustered { fred::util::redis_keyslot(self.keys.log(&append.user).as_bytes()) } else { 0 };
-            groups.entry(slot).or_default().push(append);
+        for item in items {
+            let slot = if clustered { fred::util::redis_keyslot(self.keys.log(user(&item)).as_bytes()) } else { 0 };
+            groups.entry(slot).or_default().push(item);
         }
-        let groups = groups.into_values().flat_map(|group| {
-            let mut chunks = Vec::new();
-            let mut group = group.into_iter().peekable();
-            while group.peek().is_some() {
-                chunks.push(group.by_ref().take(MAX_APPENDS).collect::<Vec<_>>());
-            }
-            chunks
-        });
-        futures_util::future::join_all(groups.map(|group| self.run_append_group(group))).await;
+        groups
+            .into_values()
+            .flat_map(|group| {
+                let mut chunks = Vec::new();
+                let mut group = group.into_iter().peekable();
+                while group.peek().is_some() {
+                    chunks.push(group.by_ref().take(MAX_APPENDS).collect());
+                }
+                chunks
+            })
+            .collect()
     }
 
     async fn run_append_group(&self, group: Vec<Append>) {
@@ -268,7 +314,7 @@ impl Inner {
                 append.event.as_ref().map_or_else(Default::default, |e| (e.head.clone(), e.tail.clone()));
             args.extend([
                 record.into(),
-                Value::Bytes(append.entry.clone()),
+                append.entry.clone().map_or_else(|| "".into(), Value::Bytes),
                 self.settings.inbox_max_len.to_string().into(),
                 self.log_expiry(&append.user).into(),
                 append.user.as_str().into(),
@@ -320,6 +366,7 @@ impl Inner {
                             }
                             None => Err(corrupt("append reply")),
                         },
+                        Value::Integer(0) if append.entry.is_none() => Ok(Appended::Recorded),
                         previous => {
                             previous.into_string().map(Appended::Duplicate).ok_or_else(|| corrupt("append reply"))
                         }
@@ -336,7 +383,7 @@ impl Inner {
     /// could not queue. The message is logged whatever becomes of it.
     async fn queue_due(&self, append: &Append, seq: u64) {
         let event = append.event.clone().or_else(|| {
-            let letter = Letter::decode(&append.entry).ok()?;
+            let letter = Letter::decode(append.entry.as_ref()?).ok()?;
             self.stored_event(&append.user, &letter)
         });
         let Some(event) = event else { return };
@@ -498,14 +545,15 @@ impl Inner {
             }
             let now = tokio::time::Instant::now();
             refreshed.retain(|_, at| now.duration_since(*at) < REFRESH_EVERY);
-            let writes = devices.into_iter().map(|(device, ack)| {
+            let acks = devices.into_iter().map(|(device, ack)| {
                 let refresh = !refreshed.contains_key(&device);
                 if refresh {
                     refreshed.insert(device, now);
                 }
-                self.write_ack(ack, refresh)
+                (ack, refresh)
             });
-            let written = futures_util::future::join_all(writes.collect::<Vec<_>>()).await;
+            let groups = self.by_slot(acks.collect(), |(ack, _)| &ack.user);
+            let written = futures_util::future::join_all(groups.into_iter().map(|group| self.write_acks(group))).await;
             for error in written.into_iter().filter_map(Result::err) {
                 self.counters.backend_errors.inc();
                 tracing::warn!(%error, "acks not recorded; their messages will be replayed");
@@ -513,69 +561,50 @@ impl Inner {
         }
     }
 
-    /// Records one device's acks and sends the receipts they make due:
-    /// the device's cursor as its connection knows it, a claim on the
-    /// dedupe record of each message a sender waits on (the first claim of
-    /// a message, from whichever device, sends its receipt; once the
-    /// record expired every claim does), and when one is due a trim of
-    /// what every device seen lately acked.
-    async fn write_ack(self: &Arc<Self>, ack: DeviceAck, refresh: bool) -> Result<(), BackendError> {
-        let user = &ack.user;
-        let devices = self.keys.devices(user);
-        let logged = ack.acked.iter().any(|acked| acked.seq.is_some()) || ack.acked.is_empty();
-        let cursor = async {
-            if !logged {
-                return Ok(());
-            }
-            let fields = [
-                (format!("c:{}", ack.device), ack.cursor.to_text()),
-                (format!("t:{}", ack.device), now_ms().to_string()),
-            ];
-            Box::pin(self.client.hset::<(), _, _>(&devices, fields.to_vec())).await?;
-            if refresh {
-                let ttl = super::ttl_i64(millis(self.settings.device_ttl));
-                Box::pin(self.client.pexpire::<(), _>(&devices, ttl, None)).await?;
-            }
-            if ack.trim {
-                let keys = vec![devices.clone(), self.keys.log(user)];
-                let args: Vec<Value> =
-                    vec![now_ms().to_string().into(), millis(self.settings.device_ttl).to_string().into()];
-                let _: Value = Box::pin(self.scripts.trim.evalsha_with_reload(&self.client, keys, args)).await?;
-            }
-            Ok::<_, BackendError>(())
-        };
-        let claims = ack.acked.iter().filter_map(|acked| {
-            let reply = acked.reply.as_ref()?;
-            let key = self.keys.sent(user, &acked.from, &reply.id);
-            let claim = move |status: AcceptStatus, get: bool| {
-                let record = format!("{}:{}:r", acked.msg, status.as_str());
-                Box::pin(self.client.set::<Option<String>, _, _>(
-                    key.clone(),
-                    record,
-                    Some(Expiration::KEEPTTL),
-                    Some(SetOptions::XX),
-                    get,
-                ))
-            };
-            Some(async move {
-                // Most acked messages were routed: claim as routed, and put
-                // the original status back when it was not.
-                let previous = claim(AcceptStatus::Routed, true).await?;
-                if let Some(Ok(Taken::Duplicate { status: AcceptStatus::Stored, .. })) =
-                    previous.as_deref().filter(|record| !record.ends_with(":r")).map(parse_record)
-                {
-                    claim(AcceptStatus::Stored, false).await?;
-                }
-                Ok::<_, BackendError>(previous.is_none_or(|record| !record.ends_with(":r")).then_some((acked, reply)))
+    /// Records the acks of devices whose users share a slot, in one script
+    /// call, and sends the receipts they make due: each device's cursor as
+    /// its connection knows it (`refresh`: and its expiry), a claim on the
+    /// dedupe record of each message a sender waits on, and, for a device
+    /// whose ack makes one due, a trim of what every device seen lately
+    /// acked.
+    async fn write_acks(self: &Arc<Self>, acks: Vec<(DeviceAck, bool)>) -> Result<(), BackendError> {
+        let mut keys = Vec::new();
+        let mut args: Vec<Value> = vec![Value::Null];
+        let now = now_ms().to_string();
+        // Cumulative acks and acks of logged messages move the cursor;
+        // acks of live-only ones do not.
+        let moves = |ack: &DeviceAck| ack.acked.is_empty() || ack.acked.iter().any(|acked| acked.seq.is_some());
+        for (ack, refresh) in acks.iter().filter(|(ack, _)| moves(ack)) {
+            keys.push(self.keys.devices(&ack.user));
+            let ttl = if *refresh { millis(self.settings.device_ttl) } else { 0 };
+            args.extend([
+                format!("c:{}", ack.device).into(),
+                ack.cursor.to_text().into(),
+                format!("t:{}", ack.device).into(),
+                now.as_str().into(),
+                ttl.to_string().into(),
+            ]);
+        }
+        args[0] = keys.len().to_string().into();
+        let claims: Vec<_> = acks
+            .iter()
+            .flat_map(|(ack, _)| {
+                ack.acked.iter().filter_map(move |acked| Some((&ack.user, acked, acked.reply.as_ref()?)))
             })
-        });
-        let (cursor, claims) = tokio::join!(cursor, futures_util::future::join_all(claims.collect::<Vec<_>>()));
-        for claim in claims {
-            if let Some((acked, reply)) = claim? {
+            .collect();
+        keys.extend(claims.iter().map(|(user, acked, reply)| self.keys.sent(user, &acked.from, &reply.id)));
+        let answers: Vec<u64> = Box::pin(self.scripts.ack.evalsha_with_reload(&self.client, keys, args)).await?;
+        for ((user, acked, reply), answer) in claims.into_iter().zip(answers) {
+            if answer == 1 {
                 self.send_receipt(&reply.node, acked.from.clone(), receipt_for(acked.msg, reply, user));
             }
         }
-        cursor
+        for (ack, _) in acks.iter().filter(|(ack, _)| ack.trim && moves(ack)) {
+            let keys = vec![self.keys.devices(&ack.user), self.keys.log(&ack.user)];
+            let args: Vec<Value> = vec![now.as_str().into(), millis(self.settings.device_ttl).to_string().into()];
+            let _: Value = Box::pin(self.scripts.trim.evalsha_with_reload(&self.client, keys, args)).await?;
+        }
+        Ok(())
     }
 }
 
