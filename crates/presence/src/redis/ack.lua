@@ -7,7 +7,8 @@
 --
 -- KEYS: the device hash of each cursor, then the dedupe key of each claim.
 -- ARGV[1]: the number of cursors; then, per cursor: cursor field, cursor,
---   seen field, now ms, device hash ttl ms ('0': keep the expiry as it is).
+--   seen field, now ms, device hash ttl ms ('0': keep the expiry as it is);
+--   then, per claim, the record claimed as routed (`msg:routed:r`).
 -- Returns, per claim, 1 when it sends the receipt, else 0.
 local cursors = tonumber(ARGV[1])
 for i = 1, cursors do
@@ -19,15 +20,18 @@ for i = 1, cursors do
 end
 local answers = {}
 for i = cursors + 1, #KEYS do
-  -- The record is `msg:status`, and `msg:status:r` once claimed.
-  local record = redis.call('GET', KEYS[i])
-  if not record then
-    answers[#answers + 1] = 1
-  elseif string.sub(record, -2) == ':r' then
-    answers[#answers + 1] = 0
-  else
-    redis.call('SET', KEYS[i], record .. ':r', 'KEEPTTL')
-    answers[#answers + 1] = 1
+  -- The record is `msg:status`, and `msg:status:r` once claimed. Most
+  -- acked messages were routed: claim as routed in one command, and put
+  -- the status back when it was another.
+  local claimed = ARGV[5 * cursors + 1 + i - cursors]
+  local record = redis.call('SET', KEYS[i], claimed, 'XX', 'GET', 'KEEPTTL')
+  local first = not record or string.sub(record, -2) ~= ':r'
+  if record and string.sub(record, -2) ~= ':r' then
+    record = record .. ':r'
   end
+  if record and record ~= claimed then
+    redis.call('SET', KEYS[i], record, 'XX', 'KEEPTTL')
+  end
+  answers[#answers + 1] = first and 1 or 0
 end
 return answers

@@ -592,7 +592,10 @@ impl Inner {
                 ack.acked.iter().filter_map(move |acked| Some((&ack.user, acked, acked.reply.as_ref()?)))
             })
             .collect();
-        keys.extend(claims.iter().map(|(user, acked, reply)| self.keys.sent(user, &acked.from, &reply.id)));
+        for (user, acked, reply) in &claims {
+            keys.push(self.keys.sent(user, &acked.from, &reply.id));
+            args.push(format!("{}:{}:r", acked.msg, AcceptStatus::Routed.as_str()).into());
+        }
         let answers: Vec<u64> = Box::pin(self.scripts.ack.evalsha_with_reload(&self.client, keys, args)).await?;
         for ((user, acked, reply), answer) in claims.into_iter().zip(answers) {
             if answer == 1 {
