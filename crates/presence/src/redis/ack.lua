@@ -26,7 +26,7 @@ for i = cursors + 1, #KEYS do
   local claimed = ARGV[5 * cursors + 1 + i - cursors]
   local record = redis.call('SET', KEYS[i], claimed, 'XX', 'GET', 'KEEPTTL')
   local first = not record or string.sub(record, -2) ~= ':r'
-  if record and string.sub(record, -2) ~= ':r' then
+  if record and first then
     record = record .. ':r'
   end
   if record and record ~= claimed then

@@ -13,16 +13,17 @@
 --   shard stream (the presence hash again when the shard is in another
 --   slot: the caller queues the event);
 -- ARGV[7i-6..7i]: dedupe record ('' for none), letter (MessagePack; ''
---   for a dedupe record alone), max len, log ttl ms ('0': keep the expiry as it is), recipient, event text
---   before the seq, event text after the seq ('' when the caller took the
---   recipient for live and did not build the event).
+--   for a dedupe record alone), max len, log ttl ms ('0': keep the expiry
+--   as it is), recipient, event text before the seq, event text after the
+--   seq ('' when the caller took the recipient for live and did not build
+--   the event).
 -- Then the dedupe ttl (ms), '1' when events are on, and the nodes taken
 -- for dead (their connections are not live).
 -- Returns, per message, the previous dedupe record (a repeated send id:
 -- nothing was logged), 0 for a new dedupe record alone, or {seq, due,
--- node...}: the new seq, 1 when an event
--- is due that the caller queues (it could not reach the shard, or has no
--- event text) else 0, and the nodes of the recipient's connections.
+-- node...}: the new seq, 1 when an event is due that the caller queues (it
+-- could not reach the shard, or has no event text) else 0, and the nodes
+-- of the recipient's connections.
 local count = #KEYS / 5
 local dedupe_ttl = ARGV[7 * count + 1]
 local events_on = ARGV[7 * count + 2] == '1'

@@ -209,7 +209,8 @@ impl Inner {
         if listed {
             return match Box::pin(self.write(to, Some((key, record)), None, None)).await? {
                 Appended::Duplicate(previous) => Ok(Some(previous)),
-                _ => Ok(None),
+                Appended::Recorded => Ok(None),
+                Appended::Logged { .. } => Err(corrupt("append reply")),
             };
         }
         let expiry = Some(Expiration::PX(super::ttl_i64(millis(DEDUPE_WINDOW))));
@@ -596,17 +597,22 @@ impl Inner {
             keys.push(self.keys.sent(user, &acked.from, &reply.id));
             args.push(format!("{}:{}:r", acked.msg, AcceptStatus::Routed.as_str()).into());
         }
+        // Acks of live-only messages nobody waits on change nothing.
+        if keys.is_empty() {
+            return Ok(());
+        }
         let answers: Vec<u64> = Box::pin(self.scripts.ack.evalsha_with_reload(&self.client, keys, args)).await?;
         for ((user, acked, reply), answer) in claims.into_iter().zip(answers) {
             if answer == 1 {
                 self.send_receipt(&reply.node, acked.from.clone(), receipt_for(acked.msg, reply, user));
             }
         }
-        for (ack, _) in acks.iter().filter(|(ack, _)| ack.trim && moves(ack)) {
+        let trims = acks.iter().filter(|(ack, _)| ack.trim && moves(ack)).map(|(ack, _)| {
             let keys = vec![self.keys.devices(&ack.user), self.keys.log(&ack.user)];
             let args: Vec<Value> = vec![now.as_str().into(), millis(self.settings.device_ttl).to_string().into()];
-            let _: Value = Box::pin(self.scripts.trim.evalsha_with_reload(&self.client, keys, args)).await?;
-        }
+            Box::pin(self.scripts.trim.evalsha_with_reload::<Value, _, _>(&self.client, keys, args))
+        });
+        futures_util::future::try_join_all(trims).await?;
         Ok(())
     }
 }
