@@ -2,7 +2,11 @@
 //! batches whatever is queued for it into one envelope per `SPUBLISH`, so
 //! under load envelopes grow instead of publishes multiplying. A send's
 //! recipients on one node travel as one item: one envelope per node per
-//! send, whatever the number of recipients there.
+//! send, whatever the number of recipients there. A publisher waits for no
+//! flush window of its own: the sends that feed it were woken together by
+//! one (their writes' replies arrive in one read), and while a publish
+//! waits for its reply the next envelope fills. A second window would only
+//! add its width to every message's latency.
 //!
 //! Fast mode sends live-only messages; when the recipient turns out to be
 //! gone, the node that got the message stores it. A later send to that
@@ -234,7 +238,6 @@ impl Inner {
                 return;
             }
         };
-        self.window.wait().await;
         match Box::pin(self.client.spublish::<i64, _, _>(channel, Value::Bytes(bytes.into()))).await {
             Ok(0) if node != self.me() => {
                 tracing::info!(node, "no subscriber on the node's channel: treating it as gone");
