@@ -4,9 +4,9 @@
 //! recipients on one node travel as one item: one envelope per node per
 //! send, whatever the number of recipients there. A publisher waits for no
 //! flush window of its own: the sends that feed it were woken together by
-//! one (their writes' replies arrive in one read), and while a publish
-//! waits for its reply the next envelope fills. A second window would only
-//! add its width to every message's latency.
+//! one (the replies to a window's writes come back together), and while a
+//! publish waits for its reply the next envelope fills. A second window
+//! would only add its width to every message's latency.
 //!
 //! Fast mode sends live-only messages; when the recipient turns out to be
 //! gone, the node that got the message stores it. A later send to that
